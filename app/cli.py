@@ -1,0 +1,64 @@
+"""Command-line entry point: ``python -m app <command> ...``.
+
+Each command lives in ``app/commands/<name>.py`` and exposes ``add_arguments(parser)`` and
+``main(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("app.commands.serve", "start the Gradio app"),
+    "models": ("app.commands.models", "list known models and what auto-selection picks"),
+    "concepts": ("app.commands.concepts", "list concepts with recommended layers and strength"),
+    "extract": ("app.commands.extract", "extract a steering vector from a concept"),
+    "generate": ("app.commands.generate", "generate text, optionally steered"),
+    "export": ("app.commands.export", "export a steering vector (safetensors or llama.cpp gguf)"),
+    "bench": ("app.commands.bench", "measure steering speed against the alternatives"),
+    "experiments": ("app.commands.experiments", "run the paper's experiments E1-E4"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Steering Lab")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as error:
+                if error.name != module_name:
+                    raise
+                continue
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(only=chosen)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = getattr(args, "_module", None)
+    if module is None:
+        parser.error(f"command {args.command!r} is not available in this build")
+    try:
+        return int(module.main(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,240 @@
+"""Batched generation where every row has its own steering, sampling settings and seed.
+
+One loop (prefill, then one token per step with a KV cache) serves side-by-side comparisons,
+sweeps and concurrent users: the engine gives each row its own delta, and each row samples from
+its own seeded generator, so a row's output does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import DynamicCache
+
+from app.engine import NO_STEERING, Steering, SteeringEngine
+
+FinishReason = Literal["eos", "length", "stopped"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One row of a batch.
+
+    Attributes:
+        prompt: the user's text.
+        steering: what this row is steered with (none by default).
+        max_new_tokens: at most this many new tokens.
+        temperature: 0 for greedy decoding.
+        top_k: sample among the k most likely tokens (0: all).
+        top_p: nucleus sampling threshold (1.0: off).
+        seed: the row's own random stream; equal seeds give equal draws.
+        chat: wrap the prompt in the model's chat template when it has one.
+        record_top_k: keep the k most likely next tokens and their probabilities at every step.
+    """
+
+    prompt: str
+    steering: Steering = NO_STEERING
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool = True
+    record_top_k: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """What one row produced."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: FinishReason | None = None
+    top_k: list[list[tuple[int, float]]] = field(default_factory=list)  # per step: (token id, prob)
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool, is_chat: bool) -> list[int]:
+    """Token ids of a prompt, through the chat template when asked and available."""
+    if chat and is_chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask`` ``[batch, pos]``."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask out tokens outside top-k / top-p for one row: ``[vocab]``."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        threshold = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+class _Sampler:
+    """Chooses each row's next token with that row's own settings and generator."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], device: torch.device) -> None:
+        self.requests = requests
+        self.generators = []
+        for request in requests:
+            if request.temperature < 0 or request.temperature != request.temperature:
+                raise ValueError(f"temperature must be 0 (greedy) or positive, got {request.temperature}")
+            generator = None
+            if request.temperature > 0:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(int(request.seed))
+            self.generators.append(generator)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # logits: [batch, vocab] (float32)
+        choice = logits.argmax(dim=-1)
+        for i, (request, generator) in enumerate(zip(self.requests, self.generators)):
+            if generator is None:
+                continue
+            row = _filter_logits(logits[i] / request.temperature, request.top_k, request.top_p)
+            choice[i] = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generator)[0]
+        return choice
+
+
+@torch.inference_mode()
+def stream_generate(
+    engine: SteeringEngine,
+    tokenizer,
+    requests: Sequence[GenerationRequest],
+    *,
+    is_chat: bool = False,
+    stop: threading.Event | None = None,
+) -> Iterator[list[GenerationResult]]:
+    """Generate all rows in one batch, yielding every row's result after each step.
+
+    The engine's lock is held and the steering hooks are in place for the whole loop; closing the
+    generator early (a Stop button) ends the ``with`` block and removes every hook.
+    """
+    if not requests:
+        return
+    model = engine.model
+    for request in requests:
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+    prompts = [encode_prompt(tokenizer, r.prompt, r.chat, is_chat) for r in requests]
+    if any(not ids for ids in prompts):
+        raise ValueError("a prompt encodes to no tokens: type at least one character")
+    device = engine._device_dtype[0]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids, attention_mask = left_pad(prompts, pad_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
+    stop_ids = torch.tensor(sorted(eos_ids(model, tokenizer)), device=device, dtype=torch.long)
+    sampler = _Sampler(requests, device)
+    results = [GenerationResult(text="", token_ids=[], prompt_tokens=len(p)) for p in prompts]
+    finished = torch.zeros(len(requests), dtype=torch.bool, device=device)
+    limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
+
+    with engine.lock, engine.steer([r.steering for r in requests], prompt_lengths=[len(p) for p in prompts]):
+        cache = DynamicCache(config=model.config)
+        step_ids, step_positions = input_ids, position_ids
+        for step in range(int(limits.max())):
+            if stop is not None and stop.is_set():
+                for result in results:
+                    result.finish_reason = result.finish_reason or "stopped"
+                break
+            output = model(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = output.logits[:, -1, :].float()  # [batch, vocab]
+            cache = output.past_key_values
+            chosen = sampler(logits)
+            _record_top_k(results, requests, logits, finished)
+            for i, result in enumerate(results):
+                if finished[i]:
+                    continue
+                token = int(chosen[i])
+                result.token_ids.append(token)
+                if token in stop_ids:
+                    finished[i] = True
+                    result.finish_reason = "eos"
+                elif len(result.token_ids) >= requests[i].max_new_tokens:
+                    finished[i] = True
+                    result.finish_reason = "length"
+            for result, request in zip(results, requests):
+                result.text = tokenizer.decode(_without(result.token_ids, stop_ids), skip_special_tokens=True)
+            yield results
+            if bool(finished.all()):
+                break
+            step_ids = torch.where(finished, torch.full_like(chosen, pad_id), chosen)[:, None]
+            attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
+            step_positions = step_positions[:, -1:] + 1
+
+
+def generate(
+    engine: SteeringEngine,
+    tokenizer,
+    requests: Sequence[GenerationRequest],
+    *,
+    is_chat: bool = False,
+    stop: threading.Event | None = None,
+) -> list[GenerationResult]:
+    """Run :func:`stream_generate` to the end and return the final results."""
+    results: list[GenerationResult] = []
+    for results in stream_generate(engine, tokenizer, requests, is_chat=is_chat, stop=stop):
+        pass
+    return results
+
+
+def _without(ids: list[int], stop_ids: torch.Tensor) -> list[int]:
+    stops = set(stop_ids.tolist())
+    return [token for token in ids if token not in stops]
+
+
+def _record_top_k(
+    results: list[GenerationResult],
+    requests: Sequence[GenerationRequest],
+    logits: torch.Tensor,
+    finished: torch.Tensor,
+) -> None:
+    k = max(r.record_top_k for r in requests)
+    if k <= 0:
+        return
+    probs, ids = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    for i, (result, request) in enumerate(zip(results, requests)):
+        if request.record_top_k and not finished[i]:
+            n = request.record_top_k
+            result.top_k.append(list(zip(ids[i, :n].tolist(), probs[i, :n].tolist())))
