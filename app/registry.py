@@ -161,8 +161,10 @@ def _head(url: str, timeout: float) -> int | str:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
+    except urllib.error.URLError as error:
+        return str(error.reason)[:80]
     except (OSError, ValueError) as error:
-        return type(error).__name__
+        return f"{type(error).__name__}: {error}"[:80]
 
 
 def _saved_token() -> str | None:

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Steering Lab: set up (venv, packages, model cache) and start the app.
+#
+#   ./run.sh [serve options]     set up what is missing, then `python -m app serve`
+#   ./run.sh test [pytest args]  set up what is missing, then run the test suite
+#
+# Every step is skipped when already done, so a second start goes straight to the app.
+# Environment: PYTHON (interpreter to build .venv with), STEERING_LAB_CACHE (cache dir).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.requirements.sha256"
+CACHE="${STEERING_LAB_CACHE:-$ROOT/cache}"
+MIN_PY_MINOR=10
+
+say() { printf '[run.sh] %s\n' "$*"; }
+die() { printf '[run.sh] ERROR: %s\n' "$1" >&2; shift; for line in "$@"; do printf '[run.sh]   %s\n' "$line" >&2; done; exit 1; }
+
+mode=serve
+if [[ "${1:-}" == "test" ]]; then mode=test; shift; fi
+
+# --- 1. Python >= 3.10 -------------------------------------------------------------------
+py_ok() { "$1" -c "import sys; sys.exit(0 if sys.version_info >= (3, $MIN_PY_MINOR) else 1)" 2>/dev/null; }
+if [[ -x "$VENV/bin/python" ]] && py_ok "$VENV/bin/python"; then
+    PY="$VENV/bin/python"
+else
+    PY=""
+    for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3.10 python3 python; do
+        if command -v "$candidate" >/dev/null 2>&1 && py_ok "$candidate"; then PY="$(command -v "$candidate")"; break; fi
+    done
+    [[ -n "$PY" ]] || die "Python 3.$MIN_PY_MINOR or newer is needed; found: $(python3 --version 2>&1 || echo 'no python3')." \
+        "Install it (Debian/Ubuntu: sudo apt-get install python3 python3-venv; macOS: brew install python@3.11)," \
+        "or point PYTHON at one: PYTHON=/path/to/python3.11 ./run.sh"
+fi
+say "python: $PY ($("$PY" -c 'import platform; print(platform.python_version())'))"
+
+# --- 2. free disk --------------------------------------------------------------------------
+free_gb() { df -Pk "$1" | awk 'NR==2 {printf "%d", $4 / 1048576}'; }
+need_gb=1
+[[ -x "$VENV/bin/python" ]] || need_gb=$((need_gb + 6))                  # torch, transformers, gradio
+compgen -G "$CACHE/models/*/config.json" >/dev/null || need_gb=$((need_gb + 4))  # two models
+mkdir -p "$CACHE"
+have_gb=$(free_gb "$CACHE")
+if (( have_gb < need_gb )); then
+    die "only ${have_gb} GB free on the disk holding $CACHE; about ${need_gb} GB are needed." \
+        "Free some space, or set STEERING_LAB_CACHE to a directory on a bigger disk."
+fi
+say "disk: ${have_gb} GB free (need about ${need_gb} GB)"
+
+# --- 3. virtual environment ----------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+    say "creating the virtual environment in .venv ..."
+    "$PY" -m venv "$VENV" || die "could not create .venv with $PY." \
+        "On Debian/Ubuntu install the venv module: sudo apt-get install python3-venv" \
+        "then remove the half-made .venv (rm -rf .venv) and run ./run.sh again."
+    PY="$VENV/bin/python"
+fi
+PY="$VENV/bin/python"
+
+# --- 4. packages, only when requirements.txt changed --------------------------------------
+want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
+    say "installing packages from requirements.txt into .venv (first time: several minutes) ..."
+    "$PY" -m pip install --disable-pip-version-check -q -r requirements.txt || die "pip install failed (see above)." \
+        "Check that PyPI can be reached (a proxy? set HTTPS_PROXY) and that the disk is not full," \
+        "then run ./run.sh again: it resumes where it stopped."
+    echo "$want" > "$STAMP"
+    say "packages installed"
+else
+    say "packages: up to date (requirements.txt unchanged)"
+fi
+
+# --- 5. a model in cache/models ------------------------------------------------------------
+if [[ "$mode" == test ]]; then
+    # The integration tests load SmolLM2; nothing else is needed to test.
+    if [[ ! -f "$CACHE/models/smollm2-135m-instruct/manifest.json" ]]; then
+        say "setting up the test model (smollm2-135m-instruct) in $CACHE/models ..."
+        "$ROOT/setup_local_cache.sh" --model smollm2-135m-instruct \
+            || die "could not set up smollm2-135m-instruct (see above)." "Fix the cause and run ./run.sh test again."
+    else
+        say "models: smollm2-135m-instruct is set up"
+    fi
+elif ! compgen -G "$CACHE/models/*/config.json" >/dev/null; then
+    say "no model set up in $CACHE/models yet: running ./setup_local_cache.sh (about 3 minutes) ..."
+    "$ROOT/setup_local_cache.sh" || die "could not set up a model (see above)." \
+        "Fix the cause and run ./run.sh again, or start with a model of your own: ./run.sh --model /path/to/model"
+else
+    say "models: $(cd "$CACHE/models" && ls -d -- */ 2>/dev/null | tr -d / | tr '\n' ' ')"
+fi
+
+# --- 6. run --------------------------------------------------------------------------------
+if [[ "$mode" == test ]]; then
+    say "running the tests: python -m pytest $*"
+    set +e
+    "$PY" -m pytest "$@"
+    status=$?
+    set -e
+    if (( status == 5 )); then
+        # pytest's "no tests collected": with a filter that may be intended, without one the suite is broken.
+        if (( $# > 0 )); then
+            say "no tests matched '$*' (pytest exit code 5); nothing failed."
+            exit 0
+        fi
+        die "pytest collected no tests at all: is the tests/ directory there?"
+    fi
+    exit "$status"
+fi
+say "starting the app: python -m app serve $*"
+exec "$PY" -m app serve "$@"
