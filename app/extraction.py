@@ -1,0 +1,267 @@
+"""Concept extraction: from positive and negative texts to a direction at every layer.
+
+One forward pass per padded batch captures the residual stream after every decoder layer and
+pools each example over its real tokens (no padding, not the first token, which in most models
+is an attention sink with an outsized norm). Three methods turn pooled activations into a
+direction per layer:
+
+    mean_diff  difference of the class means (CAA), the default
+    pca        first principal direction of the paired differences positive[i] - negative[i]
+               (uncentered, so their shared shift dominates), signed toward the positive set
+    probe      logistic regression per layer; its held-out accuracy ranks layers (Bo et al.)
+
+Per-layer statistics rank layers and size the normalized strength unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from app.engine import SteeringEngine
+from app.layers import layer_output_tensor
+from app.vectors import SteeringVector
+
+Method = Literal["mean_diff", "pca", "probe"]
+METHODS: tuple[Method, ...] = ("mean_diff", "pca", "probe")
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Activations:
+    """Pooled activations of a set of texts: ``pooled`` is ``[n_texts, n_layers, d_model]``."""
+
+    pooled: torch.Tensor
+    token_norms: torch.Tensor  # [n_layers] median norm of a real token's residual, per layer
+    n_tokens: int  # real tokens processed (padding excluded)
+
+
+@torch.inference_mode()
+def capture(
+    engine: SteeringEngine,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> Activations:
+    """Run ``texts`` through the model once and pool every layer's output per text."""
+    if not texts:
+        raise ValueError("no texts to run")
+    encoded = [tokenizer(text)["input_ids"] for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    n_layers, hidden = engine.n_layers, engine.hidden_size
+    device = engine._device_dtype[0]
+    pooled = torch.zeros(len(texts), n_layers, hidden)
+    norms: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    base_model = getattr(engine.model, "base_model", engine.model)
+    state: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            hidden_states = layer_output_tensor(output).float()  # [batch, pos, d_model]
+            weights = state["weights"]  # [batch, pos, 1]
+            state[f"pool{layer}"] = (hidden_states * weights).sum(1) / weights.sum(1)
+            norms[layer].append(hidden_states.norm(dim=-1)[weights[..., 0] > 0].cpu())
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(engine.layers)]
+    n_tokens = 0
+    try:
+        with engine.lock:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                rows = [encoded[i] for i in batch]
+                width = max(len(row) for row in rows)
+                ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                weights = torch.zeros((len(rows), width, 1))
+                for r, row in enumerate(rows):
+                    ids[r, width - len(row) :] = torch.tensor(row)
+                    mask[r, width - len(row) :] = 1
+                    skip = 1 if len(row) > 1 else 0  # the first token is an attention sink
+                    weights[r, width - len(row) + skip :, 0] = 1.0
+                n_tokens += int(mask.sum())
+                state["weights"] = weights.to(device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                base_model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
+                for layer in range(n_layers):
+                    pooled[batch, layer] = state[f"pool{layer}"].cpu()
+                if progress is not None:
+                    done = min(start + batch_size, len(order))
+                    progress(done / len(order), f"read {done}/{len(order)} examples")
+    finally:
+        for handle in handles:
+            handle.remove()
+    token_norms = torch.stack([torch.cat(layer_norms).median() for layer_norms in norms])
+    return Activations(pooled=pooled, token_norms=token_norms, n_tokens=n_tokens)
+
+
+@dataclass
+class LayerStats:
+    """Per-layer quality of a concept direction."""
+
+    accuracy: list[float]  # held-out accuracy of classifying pos vs neg along the direction
+    separation: list[float]  # d' of the projections: (mean+ - mean-) / pooled std
+    residual_norm: list[float]  # typical residual-stream norm
+    vector_norm: list[float]  # raw direction norm
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {
+            "accuracy": self.accuracy,
+            "separation": self.separation,
+            "residual_norm": self.residual_norm,
+            "vector_norm": self.vector_norm,
+        }
+
+
+def directions(positive: torch.Tensor, negative: torch.Tensor, method: Method) -> torch.Tensor:
+    """Directions per layer from pooled activations ``[n, n_layers, d]`` -> ``[n_layers, d]``."""
+    if method == "mean_diff":
+        return positive.mean(0) - negative.mean(0)
+    if method == "pca":
+        n = min(len(positive), len(negative))
+        diffs = (positive[:n] - negative[:n]).transpose(0, 1)  # [n_layers, n, d]
+        _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+        first = vh[:, 0, :]  # [n_layers, d] unit
+        mean_diff = positive.mean(0) - negative.mean(0)
+        scale = (mean_diff * first).sum(-1, keepdim=True)  # signed length of the mean shift along it
+        return first * scale  # points toward the positive set, sized like the class gap
+    if method == "probe":
+        return _probe_directions(positive, negative)[0]
+    raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+
+
+def _probe_directions(positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Logistic regression per layer; returns directions and held-out accuracies."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    x_all = torch.cat([positive, negative]).numpy()  # [n, n_layers, d]
+    y = np.array([1] * len(positive) + [0] * len(negative))
+    folds = max(2, min(5, len(positive), len(negative)))
+    mean_diff = positive.mean(0) - negative.mean(0)
+    out, accuracies = [], []
+    for layer in range(x_all.shape[1]):
+        x = x_all[:, layer, :]
+        scale = x.std(0) + 1e-6
+        z = (x - x.mean(0)) / scale
+        probe = LogisticRegression(C=0.1, max_iter=500)
+        accuracies.append(float(cross_val_score(probe, z, y, cv=folds).mean()))
+        probe.fit(z, y)
+        w = torch.tensor(probe.coef_[0] / scale, dtype=torch.float32)
+        w = w / w.norm().clamp_min(1e-12)
+        out.append(w * (mean_diff[layer] @ w))  # unit probe direction, sized by the class gap along it
+    return torch.stack(out), accuracies
+
+
+def layer_stats(
+    positive: torch.Tensor, negative: torch.Tensor, vectors: torch.Tensor, token_norms: torch.Tensor
+) -> LayerStats:
+    """Held-out separability along each layer's direction (k-fold, difference of means)."""
+    n_layers = vectors.shape[0]
+    folds = max(2, min(5, len(positive), len(negative)))
+    correct = torch.zeros(n_layers)
+    for fold in range(folds):
+        pos_test, neg_test = positive[fold::folds], negative[fold::folds]
+        pos_train = positive[[i for i in range(len(positive)) if i % folds != fold]]
+        neg_train = negative[[i for i in range(len(negative)) if i % folds != fold]]
+        direction = pos_train.mean(0) - neg_train.mean(0)  # [n_layers, d]
+        midpoint = ((pos_train.mean(0) + neg_train.mean(0)) / 2 * direction).sum(-1)
+        pos_score = (pos_test * direction).sum(-1) - midpoint  # [n, n_layers]
+        neg_score = (neg_test * direction).sum(-1) - midpoint
+        correct += (pos_score > 0).sum(0) + (neg_score <= 0).sum(0)
+    accuracy = correct / (len(positive) + len(negative))
+    unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    pos_proj, neg_proj = (positive * unit).sum(-1), (negative * unit).sum(-1)  # [n, n_layers]
+    pooled_std = ((pos_proj.var(0) + neg_proj.var(0)) / 2).sqrt().clamp_min(1e-6)
+    separation = (pos_proj.mean(0) - neg_proj.mean(0)) / pooled_std
+    return LayerStats(
+        accuracy=accuracy.tolist(),
+        separation=separation.tolist(),
+        residual_norm=token_norms.tolist(),
+        vector_norm=vectors.norm(dim=-1).tolist(),
+    )
+
+
+def recommend_layers(stats: LayerStats, k: int = 1, ranking: list[float] | None = None) -> list[int]:
+    """The ``k`` best layers to steer.
+
+    Steering works best in the early-middle of the network (DESIGN §4, lesson 07): the concept is
+    already represented there and later layers still have room to act on it. So candidates are the
+    layers from 20% to 65% of the depth, ranked by held-out accuracy (or ``ranking``), ties broken
+    by separation.
+    """
+    n = len(stats.accuracy)
+    low, high = int(round(0.2 * (n - 1))), max(int(round(0.65 * (n - 1))), 0)
+    candidates = list(range(low, high + 1)) or list(range(n))
+    score = ranking or stats.accuracy
+    ordered = sorted(candidates, key=lambda i: (round(score[i], 3), stats.separation[i]), reverse=True)
+    return sorted(ordered[:k])
+
+
+@dataclass
+class Extraction:
+    vector: SteeringVector
+    stats: LayerStats
+    probe_accuracy: list[float] | None
+
+
+def extract(
+    engine: SteeringEngine,
+    tokenizer,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    name: str,
+    model_id: str,
+    model_fingerprint: str,
+    method: Method = "mean_diff",
+    top_k_layers: int = 1,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+) -> Extraction:
+    """Extract a concept's vector at every layer, with statistics and recommended layers."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if len(positive) < 2 or len(negative) < 2:
+        raise ValueError(
+            f"need at least 2 examples on each side (got {len(positive)} positive, {len(negative)} negative)"
+        )
+    acts = capture(engine, tokenizer, [*positive, *negative], batch_size=batch_size, progress=progress)
+    pos, neg = acts.pooled[: len(positive)], acts.pooled[len(positive) :]
+    probe_accuracy = None
+    if method == "probe":
+        vectors, probe_accuracy = _probe_directions(pos, neg)
+    else:
+        vectors = directions(pos, neg, method)
+    stats = layer_stats(pos, neg, vectors, acts.token_norms)
+    recommended = recommend_layers(stats, k=top_k_layers, ranking=probe_accuracy)
+    info = {
+        "recommended_layers": recommended,
+        "stats": stats.as_dict(),
+        "n_positive": len(positive),
+        "n_negative": len(negative),
+        "n_tokens": acts.n_tokens,
+        **(metadata or {}),
+    }
+    if probe_accuracy is not None:
+        info["probe_accuracy"] = probe_accuracy
+    vector = SteeringVector(
+        name=name,
+        model_id=model_id,
+        model_fingerprint=model_fingerprint,
+        hidden_size=engine.hidden_size,
+        layers={layer: vectors[layer].clone() for layer in range(engine.n_layers)},
+        norms={layer: float(acts.token_norms[layer]) for layer in range(engine.n_layers)},
+        method=method,
+        metadata=info,
+    )
+    return Extraction(vector=vector, stats=stats, probe_accuracy=probe_accuracy)

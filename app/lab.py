@@ -1,0 +1,110 @@
+"""The lab: one loaded model with its engine and library, and the calls the CLI and UI share."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from app import concepts as concept_store
+from app.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
+from app.generation import GenerationRequest, GenerationResult, generate, stream_generate
+from app.library import VectorLibrary
+from app.loading import LoadedModel
+from app.vectors import SteeringVector
+
+_SPEC = re.compile(r"^(?P<source>.+?)(?:@(?P<layers>\d+(?:,\d+)*))?(?:=(?P<strength>[-+]?[0-9.]+(?:e[-+]?\d+)?))?$")
+
+
+@dataclass(frozen=True)
+class SteerSpec:
+    """``NAME_OR_FILE[@L1,L2][=STRENGTH]`` parsed; missing parts fall back to the concept's recommendations."""
+
+    source: str
+    layers: tuple[int, ...] | None = None
+    strength: float | None = None
+
+
+def parse_steer_spec(text: str) -> SteerSpec:
+    match = _SPEC.match(text.strip())
+    if not match or not match.group("source"):
+        raise ValueError(
+            f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4"
+        )
+    layers = match.group("layers")
+    strength = match.group("strength")
+    return SteerSpec(
+        source=match.group("source"),
+        layers=tuple(int(x) for x in layers.split(",")) if layers else None,
+        strength=float(strength) if strength is not None else None,
+    )
+
+
+class Lab:
+    """A loaded model, its steering engine and its concept library."""
+
+    def __init__(self, lm: LoadedModel, *, concepts_root: Path | None = None, cache_root: Path | None = None) -> None:
+        self.lm = lm
+        self.engine = SteeringEngine(lm.model)
+        self.library = VectorLibrary(
+            self.engine,
+            lm.tokenizer,
+            model_id=lm.model_id,
+            fingerprint=lm.fingerprint,
+            concepts_root=concepts_root,
+            root=cache_root,
+        )
+
+    # --- vectors ----------------------------------------------------------------------
+    def vector(self, source: str) -> SteeringVector:
+        """A vector from a concept name, a concept JSON file, or a saved .safetensors/.gguf vector."""
+        suffix = Path(source).suffix.lower()
+        if suffix == ".safetensors":
+            return SteeringVector.load(source, expect_fingerprint=self.lm.fingerprint, expect_hidden_size=self.lm.hidden_size)
+        if suffix == ".gguf":
+            norms = {i: 1.0 for i in range(self.engine.n_layers)}
+            return SteeringVector.from_gguf(
+                source, name=Path(source).stem, model_id=self.lm.model_id, model_fingerprint=self.lm.fingerprint, norms=norms
+            )
+        if suffix == ".json":
+            return self.library.get(concept_store.load_concept_file(source))
+        return self.library.get(source)
+
+    def steer(
+        self,
+        spec: str | SteerSpec,
+        strength: float | None = None,
+        layers: Sequence[int] | None = None,
+        unit: StrengthUnit = "normalized",
+    ) -> Steer:
+        """A :class:`Steer` from a spec; unset strength/layers use the concept's recommendations."""
+        spec = parse_steer_spec(spec) if isinstance(spec, str) else spec
+        vector = self.vector(spec.source)
+        chosen_layers = layers if layers is not None else spec.layers
+        chosen_strength = strength if strength is not None else spec.strength
+        if chosen_strength is None:
+            chosen_strength = 1.0 if vector.method == "gguf" else vector.recommended_strength
+        if vector.method == "gguf":
+            unit = "raw"  # a llama.cpp control vector carries its own scale
+        return Steer(vector, float(chosen_strength), tuple(chosen_layers) if chosen_layers else None, unit)
+
+    # --- generation -------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest], stop: threading.Event | None = None) -> list[GenerationResult]:
+        return generate(self.engine, self.lm.tokenizer, requests, is_chat=self.lm.is_chat, stop=stop)
+
+    def stream(
+        self, requests: Sequence[GenerationRequest], stop: threading.Event | None = None
+    ) -> Iterator[list[GenerationResult]]:
+        return stream_generate(self.engine, self.lm.tokenizer, requests, is_chat=self.lm.is_chat, stop=stop)
+
+    def compare_requests(
+        self, request: GenerationRequest, steers: Sequence[Steer], positions: PositionMode = "all"
+    ) -> list[GenerationRequest]:
+        """Baseline and steered rows of one prompt with the same seed and settings."""
+        return [replace(request, steering=NO_STEERING), replace(request, steering=Steering(tuple(steers), positions))]
+
+    def decode(self, token_ids: Sequence[int]) -> list[str]:
+        """Each token as text (for token-level views)."""
+        return [self.lm.tokenizer.decode([t]) for t in token_ids]
