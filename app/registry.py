@@ -45,34 +45,38 @@ class ModelRow:
         return self.memory_gb * dtype_bytes / 2
 
 
-def _row(id, source, model_type, params_b, chat, why) -> ModelRow:  # noqa: ANN001 - table helper
+def _row(id: str, source: str, model_type: str, params_b: float, chat: bool, why: str) -> ModelRow:
     # fp16 weights (2 bytes a parameter) plus ~20 % for activations, KV cache and the runtime.
     return ModelRow(id, source, model_type, params_b, round(params_b * 2 * 1.2 + 0.3, 1), chat, why)
 
 
-MODELS: dict[str, ModelRow] = {
-    r.id: r
-    for r in [
-        _row("mistral-7b-instruct-v0.2", "hub:mistralai/Mistral-7B-Instruct-v0.2", "mistral", 7.24,
-             True, "first choice when memory allows"),
-        _row("phi-3-mini-4k-instruct", "hub:microsoft/Phi-3-mini-4k-instruct", "phi3", 3.82,
-             True, "fallback on less memory"),
-        _row("stablelm-2-1.6b-chat", "hub:stabilityai/stablelm-2-1_6b-chat", "stablelm", 1.64,
-             True, "paper model (Bo et al.)"),
-        _row("gemma-2-2b-it", "hub:google/gemma-2-2b-it", "gemma2", 2.61, True, "paper model"),
-        _row("gemma-2-9b-it", "hub:google/gemma-2-9b-it", "gemma2", 9.24, True, "paper model"),
-        _row("mistral-7b-instruct-v0.3", "hub:mistralai/Mistral-7B-Instruct-v0.3", "mistral", 7.25,
-             True, "paper model"),
-        _row("qwen2.5-7b-instruct", "hub:Qwen/Qwen2.5-7B-Instruct", "qwen2", 7.62, True, "paper model"),
-        _row("qwen2.5-coder-1.5b-instruct", "embedded", "qwen2", 1.54, True,
-             "largest model that installs with pip alone"),
-        _row("qwen2.5-coder-0.5b-instruct", "embedded", "qwen2", 0.49, True,
-             "default when nothing bigger is available"),
-        _row("smollm2-135m-instruct", "embedded", "llama", 0.135, True, "fastest real model; tests"),
-        _row("gemma-3-270m", "embedded", "gemma3_text", 0.27, False,
-             "base (non-chat) model for completion-style lessons"),
-    ]
-}
+# fmt: off
+MODELS: dict[str, ModelRow] = {r.id: r for r in [
+    #    id                             source                                     model_type     params chat
+    _row("mistral-7b-instruct-v0.2",    "hub:mistralai/Mistral-7B-Instruct-v0.2", "mistral",     7.24,  True,
+         "first choice when memory allows"),
+    _row("phi-3-mini-4k-instruct",      "hub:microsoft/Phi-3-mini-4k-instruct",   "phi3",        3.82,  True,
+         "fallback on less memory"),
+    _row("stablelm-2-1.6b-chat",        "hub:stabilityai/stablelm-2-1_6b-chat",   "stablelm",    1.64,  True,
+         "paper model (Bo et al. 2025)"),
+    _row("gemma-2-2b-it",               "hub:google/gemma-2-2b-it",               "gemma2",      2.61,  True,
+         "paper model"),
+    _row("gemma-2-9b-it",               "hub:google/gemma-2-9b-it",               "gemma2",      9.24,  True,
+         "paper model"),
+    _row("mistral-7b-instruct-v0.3",    "hub:mistralai/Mistral-7B-Instruct-v0.3", "mistral",     7.25,  True,
+         "paper model"),
+    _row("qwen2.5-7b-instruct",         "hub:Qwen/Qwen2.5-7B-Instruct",           "qwen2",       7.62,  True,
+         "paper model"),
+    _row("qwen2.5-coder-1.5b-instruct", "embedded",                               "qwen2",       1.54,  True,
+         "largest model that installs with pip alone"),
+    _row("qwen2.5-coder-0.5b-instruct", "embedded",                               "qwen2",       0.49,  True,
+         "default when nothing bigger is available"),
+    _row("smollm2-135m-instruct",       "embedded",                               "llama",       0.135, True,
+         "fastest real model; tests"),
+    _row("gemma-3-270m",                "embedded",                               "gemma3_text", 0.27,  False,
+         "base (non-chat) model for completion-style lessons"),
+]}
+# fmt: on
 # Auto-selection tries these hub models in order, then the largest embedded model set up.
 PREFERRED_HUB = ("mistral-7b-instruct-v0.2", "phi-3-mini-4k-instruct")
 
@@ -200,7 +204,9 @@ def hub_checks(repos: list[str], timeout: float = HUB_TIMEOUT_S) -> dict[str, tu
     """``hub_check`` for several repos at once, all within one ``timeout``."""
     results: dict[str, tuple[bool, str]] = {}
     threads = [
-        threading.Thread(target=lambda r=r: results.__setitem__(r, hub_check(r, timeout)), daemon=True)
+        threading.Thread(
+            target=lambda r=r: results.__setitem__(r, hub_check(r, timeout)), daemon=True
+        )
         for r in repos
     ]
     for t in threads:
@@ -223,7 +229,9 @@ def availability(model_id: str, hub: tuple[bool, str] | None = None) -> Availabi
     if row.embedded:
         if local:
             return Availability("embedded-set-up", str(local))
-        return Availability("unavailable", f"not set up: run ./setup_local_cache.sh --model {model_id}")
+        return Availability(
+            "unavailable", f"not set up: run ./setup_local_cache.sh --model {model_id}"
+        )
     if local:
         return Availability("cached", str(local))
     snapshot = hf_snapshot(row.repo)
@@ -239,7 +247,8 @@ def availabilities(model_ids: list[str] | None = None) -> dict[str, Availability
     """``availability`` for many models, with the hub checks made in parallel."""
     ids = list(model_ids or MODELS)
     need_hub = [
-        MODELS[i].repo for i in ids
+        MODELS[i].repo
+        for i in ids
         if MODELS[i].repo and not local_model_dir(i) and not hf_snapshot(MODELS[i].repo)
     ]
     hub = hub_checks(need_hub) if need_hub else {}
@@ -316,9 +325,13 @@ def resolve(spec: str | None, device: DeviceInfo | None = None) -> Resolved:
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ValueError(f"{spec} is not a model: expected a directory with a config.json and weights")
+            raise ValueError(
+                f"{spec} is not a model: expected a directory with a config.json and weights"
+            )
         if not looks_like_model(path):
-            raise ValueError(f"{spec} is not a model: it has a config.json but no *.safetensors or *.bin weights")
+            raise ValueError(
+                f"{spec} is not a model: it has a config.json but no *.safetensors or *.bin weights"
+            )
         return Resolved(spec, str(path.resolve()), None, f"using local model {spec} (--model)")
     raise ValueError(
         f"unknown model {spec!r}: not a known id and no such path. Known ids: {', '.join(MODELS)} "
@@ -344,7 +357,7 @@ def _source(model_id: str) -> str:
 # --- links into an existing HF cache -------------------------------------------------------
 
 
-def link_hf_models(root: Path | None = None, say=print) -> list[str]:  # noqa: ANN001
+def link_hf_models(root: Path | None = None, say=print) -> list[str]:
     """Symlink hub models already in the user's HF cache into ``cache/models/<id>``."""
     root = root or models_dir()
     linked = []

@@ -61,7 +61,10 @@ def test_fingerprint_is_stable_and_depends_on_the_weights(loaded):
 @torch.inference_mode()
 def test_generates_a_few_tokens_with_plain_generate(loaded):
     tokenizer = loaded.tokenizer
-    prompts = [loaded.format_prompt("What is the capital of France?"), loaded.format_prompt("Say hi.")]
+    prompts = [
+        loaded.format_prompt("What is the capital of France?"),
+        loaded.format_prompt("Say hi."),
+    ]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     assert batch["attention_mask"][1, 0] == 0  # left padding: the shorter prompt is padded in front
     out = loaded.model.generate(**batch, max_new_tokens=8, do_sample=False)

@@ -13,9 +13,17 @@ from app.embedded import EMBEDDED
 from app.registry import MODELS, Availability, DeviceInfo
 
 DESIGN_IDS = {
-    "mistral-7b-instruct-v0.2", "phi-3-mini-4k-instruct", "stablelm-2-1.6b-chat", "gemma-2-2b-it",
-    "gemma-2-9b-it", "mistral-7b-instruct-v0.3", "qwen2.5-7b-instruct", "qwen2.5-coder-1.5b-instruct",
-    "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m",
+    "mistral-7b-instruct-v0.2",
+    "phi-3-mini-4k-instruct",
+    "stablelm-2-1.6b-chat",
+    "gemma-2-2b-it",
+    "gemma-2-9b-it",
+    "mistral-7b-instruct-v0.3",
+    "qwen2.5-7b-instruct",
+    "qwen2.5-coder-1.5b-instruct",
+    "qwen2.5-coder-0.5b-instruct",
+    "smollm2-135m-instruct",
+    "gemma-3-270m",
 }
 
 
@@ -89,7 +97,9 @@ def test_local_model_path_resolves_to_itself(tmp_path: Path):
 
 
 def test_embedded_id_not_set_up_says_how_to_set_it_up():
-    with pytest.raises(FileNotFoundError, match="setup_local_cache.sh --model smollm2-135m-instruct"):
+    with pytest.raises(
+        FileNotFoundError, match="setup_local_cache.sh --model smollm2-135m-instruct"
+    ):
         registry.resolve("smollm2-135m-instruct")
 
 
@@ -112,7 +122,10 @@ CPU_22 = DeviceInfo("cpu", "CPU", 22.0, 4)
 
 def avail(**status: str) -> dict[str, Availability]:
     """Everything unavailable except the ids given (dashes as underscores, dots dropped)."""
-    out = {i: Availability("unavailable", "not in any local cache; HF_HUB_OFFLINE is set") for i in MODELS}
+    out = {
+        i: Availability("unavailable", "not in any local cache; HF_HUB_OFFLINE is set")
+        for i in MODELS
+    }
     for key, value in status.items():
         model_id = next(i for i in MODELS if i.replace("-", "_").replace(".", "") == key)
         out[model_id] = Availability(value, "somewhere")
@@ -129,6 +142,7 @@ def test_phi3_when_mistral_does_not_fit():
     a = avail(mistral_7b_instruct_v02="downloadable", phi_3_mini_4k_instruct="downloadable")
     model_id, reason = registry.auto_select(CUDA_12, a)
     assert model_id == "phi-3-mini-4k-instruct"
+    assert "downloadable" in reason
 
 
 def test_embedded_when_hub_models_are_unavailable_says_why():
@@ -141,7 +155,9 @@ def test_embedded_when_hub_models_are_unavailable_says_why():
 
 
 def test_largest_embedded_set_up_wins():
-    a = avail(qwen25_coder_15b_instruct="embedded-set-up", qwen25_coder_05b_instruct="embedded-set-up")
+    a = avail(
+        qwen25_coder_15b_instruct="embedded-set-up", qwen25_coder_05b_instruct="embedded-set-up"
+    )
     assert registry.auto_select(CPU_22, a)[0] == "qwen2.5-coder-1.5b-instruct"
 
 
@@ -167,7 +183,9 @@ def test_detect_device_falls_back_to_cpu_with_system_ram(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})())
+    monkeypatch.setattr(
+        psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})()
+    )
     assert registry.detect_device() == DeviceInfo("cpu", "CPU", 6.0, 4)
 
 
@@ -179,18 +197,26 @@ def test_detect_device_prefers_cuda_and_sums_free_gpu_memory(monkeypatch: pytest
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (10 * 2**30, 16 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
     info = registry.detect_device()
-    assert (info.kind, info.free_gb, info.dtype_bytes, info.name) == ("cuda", 20.0, 2, "Fake GPU x2")
+    assert (info.kind, info.free_gb, info.dtype_bytes, info.name) == (
+        "cuda",
+        20.0,
+        2,
+        "Fake GPU x2",
+    )
 
 
 # --- the hub check --------------------------------------------------------------------------
 
 
 def test_hub_check_respects_hf_hub_offline(monkeypatch: pytest.MonkeyPatch):
-    def no_network(url, timeout):  # noqa: ANN001, ANN202
+    def no_network(url, timeout):
         raise AssertionError("the hub was contacted although HF_HUB_OFFLINE=1")
 
     monkeypatch.setattr(registry, "_head", no_network)
-    assert registry.hub_check("mistralai/Mistral-7B-Instruct-v0.2") == (False, "HF_HUB_OFFLINE is set")
+    assert registry.hub_check("mistralai/Mistral-7B-Instruct-v0.2") == (
+        False,
+        "HF_HUB_OFFLINE is set",
+    )
     assert registry.availability("phi-3-mini-4k-instruct").status == "unavailable"
 
 
@@ -214,9 +240,14 @@ def test_hub_checks_run_in_parallel_within_one_timeout(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     ("status", "ok", "why"),
-    [(200, True, ""), (401, False, "gated"), (404, False, "unreachable (404)"), ("timed out", False, "timed out")],
+    [
+        (200, True, ""),
+        (401, False, "gated"),
+        (404, False, "unreachable (404)"),
+        ("timed out", False, "timed out"),
+    ],
 )
-def test_hub_check_reads_the_answer(monkeypatch: pytest.MonkeyPatch, status, ok, why):  # noqa: ANN001
+def test_hub_check_reads_the_answer(monkeypatch: pytest.MonkeyPatch, status, ok, why):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(registry, "_head", lambda url, timeout: status)
     result = registry.hub_check(f"org/model-{status}")
