@@ -7,17 +7,23 @@ its own seeded generator, so a row's output does not depend on what else is in t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from transformers import DynamicCache
 
-from app.engine import NO_STEERING, Steering, SteeringEngine
+from app.engine import NO_STEERING, Steering, SteeringEngine, row_deltas
 
 FinishReason = Literal["eos", "length", "stopped"]
+
+
+class StopSignal(Protocol):
+    """Anything with ``is_set()``, e.g. a ``threading.Event`` set by a Stop button."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,21 @@ class GenerationResult:
     prompt_tokens: int
     finish_reason: FinishReason | None = None
     top_k: list[list[tuple[int, float]]] = field(default_factory=list)  # per step: (token id, prob)
+
+
+def validate_request(engine: SteeringEngine, request: GenerationRequest) -> None:
+    """Raise ``ValueError`` naming what is wrong with a request, before it joins a shared batch."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise ValueError("the prompt is empty: type something for the model to continue")
+    if not 1 <= request.max_new_tokens:
+        raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+    if not (request.temperature >= 0 and math.isfinite(request.temperature)):
+        raise ValueError(f"temperature must be 0 (greedy) or a positive number, got {request.temperature}")
+    if not 0 < request.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
+    if request.top_k < 0:
+        raise ValueError(f"top_k must be 0 (off) or positive, got {request.top_k}")
+    row_deltas(request.steering, engine.n_layers, engine.hidden_size)  # layers, sizes, strengths
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool, is_chat: bool) -> list[int]:
@@ -136,7 +157,7 @@ def stream_generate(
     requests: Sequence[GenerationRequest],
     *,
     is_chat: bool = False,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
 ) -> Iterator[list[GenerationResult]]:
     """Generate all rows in one batch, yielding every row's result after each step.
 
@@ -170,6 +191,7 @@ def stream_generate(
             if stop is not None and stop.is_set():
                 for result in results:
                     result.finish_reason = result.finish_reason or "stopped"
+                yield results
                 break
             output = model(
                 input_ids=step_ids,
@@ -210,7 +232,7 @@ def generate(
     requests: Sequence[GenerationRequest],
     *,
     is_chat: bool = False,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
 ) -> list[GenerationResult]:
     """Run :func:`stream_generate` to the end and return the final results."""
     results: list[GenerationResult] = []

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app import concepts as concept_store
 from app.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
-from app.generation import GenerationRequest, GenerationResult, generate, stream_generate
+from app.batcher import GenerationBatcher
+from app.generation import GenerationRequest, GenerationResult, StopSignal
 from app.library import VectorLibrary
 from app.loading import LoadedModel
 from app.vectors import SteeringVector
@@ -56,6 +56,7 @@ class Lab:
             concepts_root=concepts_root,
             root=cache_root,
         )
+        self.batcher = GenerationBatcher(self.engine, lm.tokenizer, is_chat=lm.is_chat)
 
     # --- vectors ----------------------------------------------------------------------
     def vector(self, source: str) -> SteeringVector:
@@ -91,13 +92,18 @@ class Lab:
         return Steer(vector, float(chosen_strength), tuple(chosen_layers) if chosen_layers else None, unit)
 
     # --- generation -------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest], stop: threading.Event | None = None) -> list[GenerationResult]:
-        return generate(self.engine, self.lm.tokenizer, requests, is_chat=self.lm.is_chat, stop=stop)
+    def generate(self, requests: Sequence[GenerationRequest], stop: StopSignal | None = None) -> list[GenerationResult]:
+        """Generate all ``requests`` (batched with any other caller's) and return the final results."""
+        results: list[GenerationResult] = []
+        for results in self.stream(requests, stop):
+            pass
+        return results
 
     def stream(
-        self, requests: Sequence[GenerationRequest], stop: threading.Event | None = None
+        self, requests: Sequence[GenerationRequest], stop: StopSignal | None = None
     ) -> Iterator[list[GenerationResult]]:
-        return stream_generate(self.engine, self.lm.tokenizer, requests, is_chat=self.lm.is_chat, stop=stop)
+        """Yield every row's result after each step; rows share a batch with concurrent callers."""
+        return self.batcher.stream(requests, stop)
 
     def compare_requests(
         self, request: GenerationRequest, steers: Sequence[Steer], positions: PositionMode = "all"
