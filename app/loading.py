@@ -112,7 +112,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         FileNotFoundError: the model is not available here (the message says how to get it).
     """
     dev, dtype = pick_device(device)
-    info = registry.detect_device() if spec is None else None
+    info = registry.detect_device(str(dev) if device else None) if spec is None else None
     resolved = registry.resolve(spec, info)
     log.info("%s", resolved.reason)
 

@@ -92,19 +92,31 @@ class DeviceInfo:
     dtype_bytes: int  # 2 on GPU/MPS (fp16/bf16), 4 on CPU (float32)
 
 
-def detect_device() -> DeviceInfo:
-    """CUDA first, then Apple MPS, then the CPU; with the memory free on it."""
+def detect_device(device: str | None = None) -> DeviceInfo:
+    """CUDA first, then Apple MPS, then the CPU, with the memory free on it.
+
+    Args:
+        device: report on this device instead ("cpu", "cuda", "cuda:1", "mps"); a single
+            "cuda:N" counts that GPU's memory only, plain "cuda" all GPUs together.
+    """
     import psutil
     import torch
 
-    if torch.cuda.is_available():
-        free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-        name = torch.cuda.get_device_name(0)
-        if torch.cuda.device_count() > 1:
-            name += f" x{torch.cuda.device_count()}"
+    kind = device.split(":")[0] if device else None
+    if kind == "cuda" or (kind is None and torch.cuda.is_available()):
+        indices = (
+            [int(device.split(":")[1])]
+            if device and ":" in device
+            else range(torch.cuda.device_count())
+        )
+        free = sum(torch.cuda.mem_get_info(i)[0] for i in indices)
+        name = torch.cuda.get_device_name(indices[0])
+        if len(indices) > 1:
+            name += f" x{len(indices)}"
         return DeviceInfo("cuda", name, free / 2**30, 2)
     ram = psutil.virtual_memory().available / 2**30
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if kind == "mps" or (kind is None and mps):
         return DeviceInfo("mps", "Apple MPS", ram, 2)  # unified memory: system RAM is the limit
     return DeviceInfo("cpu", "CPU", ram, 4)
 

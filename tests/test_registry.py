@@ -288,3 +288,16 @@ def test_incomplete_hf_snapshot_is_ignored(isolated: Path):
     snapshot = make_hf_snapshot(isolated / "hf", "microsoft/Phi-3-mini-4k-instruct")
     (snapshot / "model.safetensors").unlink()
     assert registry.hf_snapshot("microsoft/Phi-3-mini-4k-instruct") is None
+
+
+def test_detect_device_reports_on_the_device_asked_for(monkeypatch: pytest.MonkeyPatch):
+    import psutil
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((4 + i) * 2**30, 16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})())
+    assert registry.detect_device("cpu") == DeviceInfo("cpu", "CPU", 6.0, 4)
+    assert registry.detect_device("cuda:1") == DeviceInfo("cuda", "GPU1", 5.0, 2)
