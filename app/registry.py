@@ -6,6 +6,7 @@ the set-up script start fast; ``detect_device`` imports torch when it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import urllib.error
@@ -147,9 +148,16 @@ def hf_snapshot(repo: str) -> Path | None:
 
 
 def looks_like_model(path: Path) -> bool:
-    """A directory with a config.json and weights (safetensors or .bin) in it."""
+    """A directory with a config.json and weights (safetensors or .bin), every shard present."""
     if not (path / "config.json").is_file():
         return False
+    for index in path.glob("*.index.json"):  # sharded: a half-finished download lacks shards
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return False
+        if not all((path / shard).is_file() for shard in shards):
+            return False
     return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
 
 

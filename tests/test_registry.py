@@ -301,3 +301,13 @@ def test_detect_device_reports_on_the_device_asked_for(monkeypatch: pytest.Monke
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})())
     assert registry.detect_device("cpu") == DeviceInfo("cpu", "CPU", 6.0, 4)
     assert registry.detect_device("cuda:1") == DeviceInfo("cuda", "GPU1", 5.0, 2)
+
+
+def test_sharded_snapshot_missing_a_shard_is_ignored(isolated: Path):
+    snapshot = make_hf_snapshot(isolated / "hf", "microsoft/Phi-3-mini-4k-instruct")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (snapshot / "model-00001-of-00002.safetensors").write_bytes(b"\0")
+    assert registry.hf_snapshot("microsoft/Phi-3-mini-4k-instruct") is None
+    (snapshot / "model-00002-of-00002.safetensors").write_bytes(b"\0")
+    assert registry.hf_snapshot("microsoft/Phi-3-mini-4k-instruct") == snapshot
