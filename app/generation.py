@@ -178,7 +178,7 @@ def stream_generate(
     input_ids, attention_mask = left_pad(prompts, pad_id)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
-    stop_ids = torch.tensor(sorted(eos_ids(model, tokenizer)), device=device, dtype=torch.long)
+    stop_ids = eos_ids(model, tokenizer)
     sampler = _Sampler(requests, device)
     results = [GenerationResult(text="", token_ids=[], prompt_tokens=len(p)) for p in prompts]
     finished = torch.zeros(len(requests), dtype=torch.bool, device=device)
@@ -191,7 +191,6 @@ def stream_generate(
             if stop is not None and stop.is_set():
                 for result in results:
                     result.finish_reason = result.finish_reason or "stopped"
-                yield results
                 break
             output = model(
                 input_ids=step_ids,
@@ -218,12 +217,14 @@ def stream_generate(
                     result.finish_reason = "length"
             for result, request in zip(results, requests):
                 result.text = tokenizer.decode(_without(result.token_ids, stop_ids), skip_special_tokens=True)
-            yield results
             if bool(finished.all()):
                 break
+            yield results
             step_ids = torch.where(finished, torch.full_like(chosen, pad_id), chosen)[:, None]
             attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
             step_positions = step_positions[:, -1:] + 1
+    # The last state is yielded after the block, so a caller that sees it finished sees no hooks left.
+    yield results
 
 
 def generate(
@@ -241,9 +242,8 @@ def generate(
     return results
 
 
-def _without(ids: list[int], stop_ids: torch.Tensor) -> list[int]:
-    stops = set(stop_ids.tolist())
-    return [token for token in ids if token not in stops]
+def _without(ids: list[int], stop_ids: set[int]) -> list[int]:
+    return [token for token in ids if token not in stop_ids]
 
 
 def _record_top_k(
