@@ -47,7 +47,7 @@ def load_references(name: str, concepts_dir: str | Path | None = None) -> Refere
     Raises:
         ValueError: a bad name, a missing file, or lists that are empty or not strings.
     """
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"bad reference set name {name!r}: use lowercase letters, digits, _ and -"
         )
