@@ -5,7 +5,7 @@
 #   ./run.sh test [pytest args]  set up what is missing, then run the test suite
 #
 # Every step is skipped when already done, so a second start goes straight to the app.
-# Environment: PYTHON (interpreter to build .venv with), STEERING_LAB_CACHE (cache dir).
+# Needs Python 3.11+. Environment: PYTHON (interpreter to build .venv with), STEERING_LAB_CACHE (cache dir).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,7 +13,7 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.requirements.sha256"
 CACHE="${STEERING_LAB_CACHE:-$ROOT/cache}"
-MIN_PY_MINOR=10
+MIN_PY_MINOR=11  # numpy 2.4, scipy 1.17 and transformers 5.23 need Python 3.11
 
 say() { printf '[run.sh] %s\n' "$*"; }
 die() { printf '[run.sh] ERROR: %s\n' "$1" >&2; shift; for line in "$@"; do printf '[run.sh]   %s\n' "$line" >&2; done; exit 1; }
@@ -21,17 +21,20 @@ die() { printf '[run.sh] ERROR: %s\n' "$1" >&2; shift; for line in "$@"; do prin
 mode=serve
 if [[ "${1:-}" == "test" ]]; then mode=test; shift; fi
 
-# --- 1. Python >= 3.10 -------------------------------------------------------------------
+# --- 1. Python >= 3.11 -------------------------------------------------------------------
 py_ok() { "$1" -c "import sys; sys.exit(0 if sys.version_info >= (3, $MIN_PY_MINOR) else 1)" 2>/dev/null; }
-if [[ -x "$VENV/bin/python" ]] && py_ok "$VENV/bin/python"; then
+if [[ -x "$VENV/bin/python" ]]; then
+    py_ok "$VENV/bin/python" || die ".venv was made with Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'); 3.$MIN_PY_MINOR or newer is needed." \
+        "Remove it (rm -rf .venv) and run ./run.sh again; it is rebuilt with a newer Python."
     PY="$VENV/bin/python"
 else
     PY=""
-    for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3.10 python3 python; do
+    for candidate in ${PYTHON:-} python3.14 python3.13 python3.12 python3.11 python3 python; do
         if command -v "$candidate" >/dev/null 2>&1 && py_ok "$candidate"; then PY="$(command -v "$candidate")"; break; fi
     done
     [[ -n "$PY" ]] || die "Python 3.$MIN_PY_MINOR or newer is needed; found: $(python3 --version 2>&1 || echo 'no python3')." \
-        "Install it (Debian/Ubuntu: sudo apt-get install python3 python3-venv; macOS: brew install python@3.11)," \
+        "Install one (Debian 12+/Ubuntu 24.04+: sudo apt-get install python3 python3-venv; older Ubuntu:" \
+        "the deadsnakes PPA's python3.11 python3.11-venv; macOS: brew install python@3.11)," \
         "or point PYTHON at one: PYTHON=/path/to/python3.11 ./run.sh"
 fi
 say "python: $PY ($("$PY" -c 'import platform; print(platform.python_version())'))"

