@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app import concepts as concept_store
-from app.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
 from app.batcher import GenerationBatcher
-from app.generation import GenerationRequest, GenerationResult, StopSignal
+from app.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
+from app.generation import GenerationRequest, GenerationResult, StopSignal, last
 from app.library import VectorLibrary
 from app.loading import LoadedModel
 from app.vectors import SteeringVector
@@ -94,10 +94,7 @@ class Lab:
     # --- generation -------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest], stop: StopSignal | None = None) -> list[GenerationResult]:
         """Generate all ``requests`` (batched with any other caller's) and return the final results."""
-        results: list[GenerationResult] = []
-        for results in self.stream(requests, stop):
-            pass
-        return results
+        return last(self.stream(requests, stop))
 
     def stream(
         self, requests: Sequence[GenerationRequest], stop: StopSignal | None = None

@@ -8,7 +8,7 @@ import pytest
 
 from app.batcher import GenerationBatcher
 from app.engine import Steer, Steering
-from app.generation import GenerationRequest, generate
+from app.generation import GenerationRequest, generate, last
 from tests.test_engine import random_vector
 
 
@@ -27,10 +27,7 @@ def requests_for(engine):
 
 
 def collect(batcher, request, out, index):
-    results = []
-    for results in batcher.stream([request]):
-        pass
-    out[index] = results[0].token_ids
+    out[index] = last(batcher.stream([request]))[0].token_ids
 
 
 def test_concurrent_callers_get_their_solo_output(batcher, tiny_engine, char_tokenizer):
