@@ -7,8 +7,9 @@ its own seeded generator, so a row's output does not depend on what else is in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import math
+import numbers
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -16,8 +17,14 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import NO_STEERING, Steering, SteeringEngine, row_deltas
+from app.limits import Limits
+from app.limits import current as current_limits
 
 FinishReason = Literal["eos", "length", "stopped"]
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflow to inf and sampling fails
+MAX_TEMPERATURE = 100.0
+MAX_RECORD_TOP_K = 100
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
 
 
 class StopSignal(Protocol):
@@ -64,19 +71,95 @@ class GenerationResult:
     top_k: list[list[tuple[int, float]]] = field(default_factory=list)  # per step: (token id, prob)
 
 
-def validate_request(engine: SteeringEngine, request: GenerationRequest) -> None:
-    """Raise ``ValueError`` naming what is wrong with a request, before it joins a shared batch."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
+def validate_request(
+    engine: SteeringEngine,
+    request: GenerationRequest,
+    tokenizer=None,
+    *,
+    is_chat: bool = False,
+    limits: Limits | None = None,
+) -> None:
+    """Raise ``ValueError`` naming what is wrong with a request, before it joins a shared batch.
+
+    Checks the request's fields and the server's :class:`~app.limits.Limits` (the process's
+    limits by default). With a ``tokenizer``, also the prompt's length in tokens. Anything that
+    could fail inside a shared batch (and so fail every user in it) is caught here instead.
+    """
+    limits = limits or current_limits()
+    prompt = request.prompt
+    if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type something for the model to continue")
-    if not 1 <= request.max_new_tokens:
-        raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
-    if not (request.temperature >= 0 and math.isfinite(request.temperature)):
-        raise ValueError(f"temperature must be 0 (greedy) or a positive number, got {request.temperature}")
-    if not 0 < request.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
-    if request.top_k < 0:
-        raise ValueError(f"top_k must be 0 (off) or positive, got {request.top_k}")
+    if len(prompt) > limits.max_prompt_chars:
+        raise ValueError(limits.over("max_prompt_chars", f"the prompt's length ({len(prompt):,} characters)", len(prompt)))
+    max_new = request.max_new_tokens
+    if not _is_int(max_new) or max_new < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new!r}")
+    if max_new > limits.max_new_tokens:
+        raise ValueError(limits.over("max_new_tokens", f"max_new_tokens {max_new:,}", max_new))
+    temperature = request.temperature
+    if not _is_number(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise ValueError(
+            f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {temperature!r}"
+        )
+    if not _is_number(request.top_p) or not 0 < request.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {request.top_p!r}")
+    if not _is_int(request.top_k) or request.top_k < 0:
+        raise ValueError(f"top_k must be 0 (off) or a positive whole number, got {request.top_k!r}")
+    if not _is_int(request.seed) or not SEED_RANGE[0] <= request.seed < SEED_RANGE[1]:
+        raise ValueError(f"seed must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1] - 1}, got {request.seed!r}")
+    if not _is_int(request.record_top_k) or not 0 <= request.record_top_k <= MAX_RECORD_TOP_K:
+        raise ValueError(f"record_top_k must be 0 to {MAX_RECORD_TOP_K}, got {request.record_top_k!r}")
+    _validate_steering(request.steering, limits)
     row_deltas(request.steering, engine.n_layers, engine.hidden_size)  # layers, sizes, strengths
+    if tokenizer is not None:
+        n_tokens = len(encode_prompt(tokenizer, prompt, request.chat, is_chat))
+        if n_tokens == 0:
+            raise ValueError("the prompt encodes to no tokens: type at least one character")
+        if n_tokens > limits.max_prompt_tokens:
+            raise ValueError(limits.over("max_prompt_tokens", f"the prompt's length ({n_tokens:,} tokens)", n_tokens))
+
+
+def validate_batch(
+    engine: SteeringEngine,
+    requests: Sequence[GenerationRequest],
+    tokenizer=None,
+    *,
+    is_chat: bool = False,
+    limits: Limits | None = None,
+) -> None:
+    """:func:`validate_request` for every row, and the number of rows against ``max_rows``."""
+    limits = limits or current_limits()
+    if len(requests) > limits.max_rows:
+        raise ValueError(limits.over("max_rows", f"a request of {len(requests)} generations", len(requests)))
+    for request in requests:
+        validate_request(engine, request, tokenizer, is_chat=is_chat, limits=limits)
+
+
+def _validate_steering(steering: Steering, limits: Limits) -> None:
+    if not isinstance(steering, Steering):
+        raise ValueError(f"steering must be a Steering, got {type(steering).__name__}")  # noqa: TRY004 (user input)
+    if len(steering.steers) > limits.max_concepts:
+        raise ValueError(limits.over("max_concepts", f"steering with {len(steering.steers)} concepts", len(steering.steers)))
+    for steer in steering.steers:
+        name = getattr(steer.vector, "name", "?")
+        strength = steer.strength
+        if not _is_number(strength) or not math.isfinite(strength):
+            raise ValueError(f"strength for {name!r} must be a finite number, got {strength!r}")
+        if steer.unit not in ("normalized", "raw"):
+            raise ValueError(f"unknown strength unit {steer.unit!r}: use 'normalized' or 'raw'")
+        limit = "max_strength" if steer.unit == "normalized" else "max_raw_strength"
+        if abs(strength) > getattr(limits, limit):
+            raise ValueError(limits.over(limit, f"strength {strength:g} ({steer.unit}) for {name!r}", abs(strength)))
+        if steer.layers is not None and not all(_is_int(layer) for layer in steer.layers):
+            raise ValueError(f"layers for {name!r} must be whole numbers, got {steer.layers!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool, is_chat: bool) -> list[int]:
@@ -187,7 +270,7 @@ def stream_generate(
     with engine.lock, engine.steer([r.steering for r in requests], prompt_lengths=[len(p) for p in prompts]):
         cache = DynamicCache(config=model.config)
         step_ids, step_positions = input_ids, position_ids
-        for step in range(int(limits.max())):
+        for _ in range(int(limits.max())):
             if stop is not None and stop.is_set():
                 for result in results:
                     result.finish_reason = result.finish_reason or "stopped"
@@ -215,7 +298,7 @@ def stream_generate(
                 elif len(result.token_ids) >= requests[i].max_new_tokens:
                     finished[i] = True
                     result.finish_reason = "length"
-            for result, request in zip(results, requests):
+            for result in results:
                 result.text = tokenizer.decode(_without(result.token_ids, stop_ids), skip_special_tokens=True)
             if bool(finished.all()):
                 break
@@ -236,10 +319,15 @@ def generate(
     stop: StopSignal | None = None,
 ) -> list[GenerationResult]:
     """Run :func:`stream_generate` to the end and return the final results."""
-    results: list[GenerationResult] = []
-    for results in stream_generate(engine, tokenizer, requests, is_chat=is_chat, stop=stop):
+    return last(stream_generate(engine, tokenizer, requests, is_chat=is_chat, stop=stop))
+
+
+def last(stream: Iterator[list[GenerationResult]]) -> list[GenerationResult]:
+    """Run a stream to its end and return its final state (empty for an empty stream)."""
+    final: list[GenerationResult] = []
+    for final in stream:  # noqa: B007 - only the last state matters
         pass
-    return results
+    return final
 
 
 def _without(ids: list[int], stop_ids: set[int]) -> list[int]:
