@@ -97,8 +97,8 @@ def fingerprint(model_id: str, model: PreTrainedModel) -> str:
         config.pop(key, None)
     digest = hashlib.sha256(model_id.encode())
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    params = list(model.named_parameters())
-    for _, tensor in (params[0], params[len(params) // 2], params[-1]):
+    params = [p for _, p in model.named_parameters() if p.device.type != "meta"]  # not offloaded
+    for tensor in (params[0], params[len(params) // 2], params[-1]):
         piece = tensor.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16)
         digest.update(piece.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
