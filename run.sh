@@ -61,14 +61,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     PY="$VENV/bin/python"
 fi
 PY="$VENV/bin/python"
-"$PY" -m pip --version >/dev/null 2>&1 || die ".venv has no pip (a half-made virtual environment?)." \
-    "Remove it (rm -rf .venv); on Debian/Ubuntu install the venv module (sudo apt-get install python3-venv); run ./run.sh again."
 
 # --- 4. packages, only when requirements.txt changed --------------------------------------
 want="$("$PY" -c "import hashlib; print(hashlib.sha256(open('requirements.txt', 'rb').read()).hexdigest())")"
 if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
     say "installing packages from requirements.txt into .venv (first time: several minutes) ..."
     t0=$SECONDS
+    "$PY" -m pip --version >/dev/null 2>&1 || die ".venv has no pip (a half-made virtual environment?)." \
+        "Remove it (rm -rf .venv); on Debian/Ubuntu install the venv module (sudo apt-get install python3-venv); run ./run.sh again."
     "$PY" -m pip install --disable-pip-version-check -r requirements.txt || die "pip install failed (see above)." \
         "Check that PyPI can be reached (a proxy? set HTTPS_PROXY) and that the disk is not full," \
         "then run ./run.sh again: it resumes where it stopped."
