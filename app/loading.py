@@ -63,9 +63,7 @@ class LoadedModel:
         if not self.is_chat:
             return user_text
         messages = [{"role": "user", "content": user_text}]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def pick_device(device: str | None) -> tuple[torch.device, torch.dtype]:

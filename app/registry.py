@@ -105,11 +105,7 @@ def detect_device(device: str | None = None) -> DeviceInfo:
 
     kind = device.split(":")[0] if device else None
     if kind == "cuda" or (kind is None and torch.cuda.is_available()):
-        indices = (
-            [int(device.split(":")[1])]
-            if device and ":" in device
-            else range(torch.cuda.device_count())
-        )
+        indices = [int(device.split(":")[1])] if device and ":" in device else range(torch.cuda.device_count())
         free = sum(torch.cuda.mem_get_info(i)[0] for i in indices)
         name = torch.cuda.get_device_name(indices[0])
         if len(indices) > 1:
@@ -129,9 +125,7 @@ def hf_hub_cache() -> Path:
     """The Hugging Face hub cache: $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
-    )
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
     return Path(home).expanduser() / "hub"
 
 
@@ -224,10 +218,7 @@ def hub_checks(repos: list[str], timeout: float = HUB_TIMEOUT_S) -> dict[str, tu
     """``hub_check`` for several repos at once, all within one ``timeout``."""
     results: dict[str, tuple[bool, str]] = {}
     threads = [
-        threading.Thread(
-            target=lambda r=r: results.__setitem__(r, hub_check(r, timeout)), daemon=True
-        )
-        for r in repos
+        threading.Thread(target=lambda r=r: results.__setitem__(r, hub_check(r, timeout)), daemon=True) for r in repos
     ]
     for t in threads:
         t.start()
@@ -249,9 +240,7 @@ def availability(model_id: str, hub: tuple[bool, str] | None = None) -> Availabi
     if row.embedded:
         if local:
             return Availability("embedded-set-up", str(local))
-        return Availability(
-            "unavailable", f"not set up: run ./setup_local_cache.sh --model {model_id}"
-        )
+        return Availability("unavailable", f"not set up: run ./setup_local_cache.sh --model {model_id}")
     if local:
         return Availability("cached", str(local))
     snapshot = hf_snapshot(row.repo)
@@ -267,9 +256,7 @@ def availabilities(model_ids: list[str] | None = None) -> dict[str, Availability
     """``availability`` for many models, with the hub checks made in parallel."""
     ids = list(model_ids or MODELS)
     need_hub = [
-        MODELS[i].repo
-        for i in ids
-        if MODELS[i].repo and not local_model_dir(i) and not hf_snapshot(MODELS[i].repo)
+        MODELS[i].repo for i in ids if MODELS[i].repo and not local_model_dir(i) and not hf_snapshot(MODELS[i].repo)
     ]
     hub = hub_checks(need_hub) if need_hub else {}
     return {i: availability(i, hub.get(MODELS[i].repo) if MODELS[i].repo else None) for i in ids}
@@ -278,9 +265,7 @@ def availabilities(model_ids: list[str] | None = None) -> dict[str, Availability
 # --- selection ----------------------------------------------------------------------------
 
 
-def auto_select(
-    device: DeviceInfo | None = None, avail: dict[str, Availability] | None = None
-) -> tuple[str, str]:
+def auto_select(device: DeviceInfo | None = None, avail: dict[str, Availability] | None = None) -> tuple[str, str]:
     """Pick the model for this machine; returns (id, one-line reason).
 
     Mistral-7B if it fits and is available, else Phi-3, else the largest embedded chat model
@@ -345,13 +330,9 @@ def resolve(spec: str | None, device: DeviceInfo | None = None) -> Resolved:
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ValueError(
-                f"{spec} is not a model: expected a directory with a config.json and weights"
-            )
+            raise ValueError(f"{spec} is not a model: expected a directory with a config.json and weights")
         if not looks_like_model(path):
-            raise ValueError(
-                f"{spec} is not a model: it has a config.json but no *.safetensors or *.bin weights"
-            )
+            raise ValueError(f"{spec} is not a model: it has a config.json but no *.safetensors or *.bin weights")
         return Resolved(spec, str(path.resolve()), None, f"using local model {spec} (--model)")
     raise ValueError(
         f"unknown model {spec!r}: not a known id and no such path. Known ids: {', '.join(MODELS)} "
@@ -365,9 +346,7 @@ def _source(model_id: str) -> str:
     if local:
         return str(local)
     if row.embedded:
-        raise FileNotFoundError(
-            f"{model_id} is not set up: run ./setup_local_cache.sh --model {model_id}"
-        )
+        raise FileNotFoundError(f"{model_id} is not set up: run ./setup_local_cache.sh --model {model_id}")
     state = availability(model_id)
     if state.status == "unavailable":
         raise FileNotFoundError(f"{model_id} is not available: {state.detail}")

@@ -78,9 +78,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(
         embedded,
         "write_manifest",
-        lambda out, spec, digest, *t: (out / "manifest.json").write_text(
-            json.dumps({"id": spec.id, "sha256": digest})
-        ),
+        lambda out, spec, digest, *t: (out / "manifest.json").write_text(json.dumps({"id": spec.id, "sha256": digest})),
     )
     return type(
         "Env",
@@ -95,9 +93,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def leftovers(root: Path) -> list[str]:
-    return (
-        sorted(p.name for p in root.iterdir() if p.name != ".setup.lock") if root.exists() else []
-    )
+    return sorted(p.name for p in root.iterdir() if p.name != ".setup.lock") if root.exists() else []
 
 
 def test_set_up_verifies_converts_and_writes_the_manifest(env):
@@ -123,9 +119,7 @@ def test_wrong_digest_is_deleted_and_reported(env, tmp_path: Path, monkeypatch: 
     assert leftovers(env.root) == [] and not embedded.is_set_up("fake-small")
 
 
-def test_interrupted_conversion_leaves_nothing_that_looks_set_up(
-    env, monkeypatch: pytest.MonkeyPatch
-):
+def test_interrupted_conversion_leaves_nothing_that_looks_set_up(env, monkeypatch: pytest.MonkeyPatch):
     def interrupted(gguf_dir: Path, gguf_name: str, out: Path) -> None:
         out.mkdir()
         (out / "config.json").write_text("{}")  # half a model ...
@@ -180,9 +174,7 @@ def test_no_model_at_all_is_an_error(env):
 
 
 def test_too_little_disk_is_refused_before_downloading(env, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(
-        embedded.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0)
-    )
+    monkeypatch.setattr(embedded.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
     with pytest.raises(SetupError, match="not enough free disk for fake-small"):
         embedded.setup_model("fake-small")
     assert env.downloads == []

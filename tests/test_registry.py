@@ -97,9 +97,7 @@ def test_local_model_path_resolves_to_itself(tmp_path: Path):
 
 
 def test_embedded_id_not_set_up_says_how_to_set_it_up():
-    with pytest.raises(
-        FileNotFoundError, match="setup_local_cache.sh --model smollm2-135m-instruct"
-    ):
+    with pytest.raises(FileNotFoundError, match="setup_local_cache.sh --model smollm2-135m-instruct"):
         registry.resolve("smollm2-135m-instruct")
 
 
@@ -122,10 +120,7 @@ CPU_22 = DeviceInfo("cpu", "CPU", 22.0, 4)
 
 def avail(**status: str) -> dict[str, Availability]:
     """Everything unavailable except the ids given (dashes as underscores, dots dropped)."""
-    out = {
-        i: Availability("unavailable", "not in any local cache; HF_HUB_OFFLINE is set")
-        for i in MODELS
-    }
+    out = {i: Availability("unavailable", "not in any local cache; HF_HUB_OFFLINE is set") for i in MODELS}
     for key, value in status.items():
         model_id = next(i for i in MODELS if i.replace("-", "_").replace(".", "") == key)
         out[model_id] = Availability(value, "somewhere")
@@ -155,9 +150,7 @@ def test_embedded_when_hub_models_are_unavailable_says_why():
 
 
 def test_largest_embedded_set_up_wins():
-    a = avail(
-        qwen25_coder_15b_instruct="embedded-set-up", qwen25_coder_05b_instruct="embedded-set-up"
-    )
+    a = avail(qwen25_coder_15b_instruct="embedded-set-up", qwen25_coder_05b_instruct="embedded-set-up")
     assert registry.auto_select(CPU_22, a)[0] == "qwen2.5-coder-1.5b-instruct"
 
 
@@ -183,9 +176,7 @@ def test_detect_device_falls_back_to_cpu_with_system_ram(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(
-        psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})()
-    )
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 6 * 2**30})())
     assert registry.detect_device() == DeviceInfo("cpu", "CPU", 6.0, 4)
 
 

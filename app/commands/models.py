@@ -39,9 +39,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"device: {device.kind} ({device.name}), {device.free_gb:.1f} GB free\n")
-    header = (
-        f"{'id':30s} {'type':12s} {'params':>7s} {'memory':>7s} {'chat':4s}  {'status':16s} detail"
-    )
+    header = f"{'id':30s} {'type':12s} {'params':>7s} {'memory':>7s} {'chat':4s}  {'status':16s} detail"
     print(header)
     print("-" * len(header))
     for r in rows:
