@@ -17,15 +17,14 @@ VECTOR_COLOR = "#2ca02c"
 
 def _mark_layers(figure: go.Figure, layers: Sequence[int]) -> None:
     for layer in layers:
-        figure.add_vrect(
-            x0=layer - 0.5,
-            x1=layer + 0.5,
-            fillcolor="#ffd166",
-            opacity=0.35,
-            line_width=0,
-            annotation_text=f"recommended: {layer}",
-            annotation_position="top left",
-        )
+        figure.add_vrect(x0=layer - 0.5, x1=layer + 0.5, fillcolor="#ffd166", opacity=0.45, line_width=0)
+
+
+def _title(text: str, layers: Sequence[int]) -> str:
+    if not layers:
+        return text
+    marked = ", ".join(map(str, layers))
+    return f"{text}<br><sup>shaded: recommended layer{'s' if len(layers) > 1 else ''} {marked}</sup>"
 
 
 def separability_figure(stats: Mapping[str, Sequence[float]] | None, recommended: Sequence[int] = ()) -> go.Figure:
@@ -58,11 +57,11 @@ def separability_figure(stats: Mapping[str, Sequence[float]] | None, recommended
     )
     _mark_layers(figure, recommended)
     figure.update_layout(
-        title="How well each layer separates positive from negative texts",
+        title=_title("How well each layer separates the two sides", recommended),
         height=380,
         font=FONT,
         plot_bgcolor="white",
-        margin=dict(l=60, r=60, t=70, b=50),
+        margin=dict(l=60, r=60, t=90, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     )
     figure.update_xaxes(title_text="layer", dtick=max(1, len(layers) // 15), gridcolor="#eee")
@@ -104,11 +103,11 @@ def norms_figure(stats: Mapping[str, Sequence[float]] | None, recommended: Seque
     )
     _mark_layers(figure, recommended)
     figure.update_layout(
-        title="Vector norm vs residual-stream norm (strength 1 adds 10% of the residual norm)",
+        title=_title("Concept vector vs residual-stream norm", recommended),
         height=380,
         font=FONT,
         plot_bgcolor="white",
-        margin=dict(l=60, r=30, t=70, b=50),
+        margin=dict(l=60, r=30, t=90, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     )
     figure.update_xaxes(title_text="layer", dtick=max(1, len(layers) // 15), gridcolor="#eee")

@@ -63,7 +63,8 @@ def test_creator_figures_plot_every_layer_and_mark_the_recommended_one():
     figure = separability_figure(stats, [2])
     assert [list(t.y) for t in figure.data] == [[0.5, 0.8, 1.0], [0.1, 1.5, 3.0]]
     assert figure.layout.xaxis.title.text == "layer"
-    assert "recommended: 2" in _texts(figure)
+    assert "recommended layer 2" in figure.layout.title.text
+    assert [(shape.x0, shape.x1) for shape in figure.layout.shapes] == [(1.5, 2.5)]
     norms = norms_figure(stats, [2])
     assert [list(t.y) for t in norms.data] == [[10.0, 20.0, 40.0], [1.0, 2.0, 8.0]]
     assert list(norms.data[1].customdata) == [0.1, 0.1, 0.2]

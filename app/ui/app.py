@@ -70,8 +70,14 @@ def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> 
             switch.click(do_switch, [choice], [header, status], api_name="switch_model", concurrency_id="model")
         timer = gr.Timer(5.0)
         timer.tick(holder.header_markdown, None, header, show_progress="hidden", queue=False)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
+            built: dict[str, object] = {}  # label -> what build returned
+            items: dict[str, gr.Tab] = {}
             for label, build in available_tabs():
-                with gr.Tab(label):
-                    build(holder)
+                with gr.Tab(label, id=label) as items[label]:
+                    built[label] = build(holder)
+        # Cross-tab wiring (e.g. Creator -> "Try it in the Playground"): a tab's returned parts may link().
+        for label, parts in built.items():
+            if hasattr(parts, "link"):
+                parts.link(tabs, items[label], built)
     return demo

@@ -1,0 +1,263 @@
+"""Concept Creator: texts in, a steering vector out, with per-layer statistics.
+
+Type positive and negative examples (one per line) or upload a concept JSON, pick a method,
+extract (with progress), read the per-layer separability and norms, then save the concept to
+``concepts/custom/``, download the vector (.safetensors or llama.cpp .gguf), or try it in the
+Playground.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from app import concepts as concept_store
+from app.concepts import Concept, concept_from_dict, lines_to_examples
+from app.extraction import METHODS
+from app.figures_creator import norms_figure, separability_figure
+from app.library import Settings
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+
+log = logging.getLogger(__name__)
+
+PLAYGROUND = "Steering Playground"
+METHOD_HELP = {
+    "mean_diff": "difference of means (CAA): fast and robust, the default",
+    "pca": "first principal direction of the paired differences",
+    "probe": "logistic-regression probe per layer; layers ranked by its held-out accuracy",
+}
+EXAMPLE_POSITIVE = """Thank you so much for your help, I really appreciate it.
+Would you mind passing the salt, please?
+I'm sorry to interrupt, but may I ask a question?
+It was very kind of you to wait for me.
+Please let me know if there is anything I can do for you.
+Excuse me, could you tell me the way to the station?"""
+EXAMPLE_NEGATIVE = """Whatever, I didn't need your help anyway.
+Give me the salt.
+Stop talking, I have a question.
+You made me wait, obviously you don't care.
+Don't bother me with your problems.
+Hey, where's the station? Hurry up."""
+
+
+@dataclass
+class CreatorParts:
+    """What the Creator wires to other tabs once every tab exists (see ``link``)."""
+
+    holder: LabHolder
+    try_button: gr.Button
+    save_event: object  # the Save click's dependency, to chain a Playground refresh
+    form: list  # name, description, positive, negative, method, try prompt
+
+    def link(self, tabs: gr.Tabs, tab: gr.Tab, built: dict) -> None:
+        playground = built.get(PLAYGROUND)
+        if playground is None:  # the Playground tab is not in this app
+            self.try_button.click(
+                lambda: gr.Warning("The Steering Playground is not part of this app."), api_name=False
+            )
+            return
+        self.save_event.success(
+            lambda: playground.choice_updates(), None, playground.concepts, api_name=False, queue=False
+        )
+
+        def try_it(name, description, positive, negative, method, prompt):
+            try:
+                concept = _concept(name, description, positive, negative)
+                note = _ensure_saved(self.holder, concept)
+                vector = self.holder.lab.library.get(concept)
+            except Exception as error:
+                raise gr.Error(user_error(error)) from None
+            if note:
+                gr.Info(note)
+            if method != "mean_diff":
+                gr.Info("The Playground steers saved concepts with their difference-of-means vector.")
+            use_chat = bool(self.holder.lab.lm.is_chat)
+            rows = playground.choice_updates(selected=concept.name, clear_others=True)
+            strengths = [vector.recommended_strength] + [0.0] * (len(playground.strengths) - 1)
+            text = (prompt or "").strip() or "Tell me about your weekend."
+            return [gr.Tabs(selected=PLAYGROUND), text, use_chat, "", *rows, *strengths]
+
+        outputs = [
+            tabs,
+            playground.prompt,
+            playground.chat,
+            playground.layers,
+            *playground.concepts,
+            *playground.strengths,
+        ]
+        self.try_button.click(
+            try_it, self.form, outputs, api_name="try_in_playground", concurrency_id=MODEL_CONCURRENCY
+        )
+
+
+def _concept(name, description, positive, negative) -> Concept:
+    return concept_from_dict(
+        {
+            "name": (name or "").strip(),
+            "description": description or "",
+            "category": "custom",
+            "positive": lines_to_examples(positive or ""),
+            "negative": lines_to_examples(negative or ""),
+        },
+        source="creator",
+    )
+
+
+def _ensure_saved(holder: LabHolder, concept: Concept) -> str:
+    """Save ``concept`` unless the same one is already there; returns a note for the user."""
+    existing = holder.lab.library.concepts().get(concept.name)
+    if existing is not None:
+        if existing.content_hash != concept.content_hash:
+            raise ValueError(
+                f"a concept named {concept.name!r} already exists with other examples: save under a new name first"
+            )
+        return ""
+    concept_store.save_custom(concept, holder.lab.library.concepts_root)
+    return f"Saved {concept.name!r} to your custom concepts."
+
+
+def _download_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="steering-lab-vector-"))
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "vector"
+
+
+def build_creator_tab(holder: LabHolder) -> CreatorParts:
+    gr.Markdown(
+        "Describe a concept with contrasting examples: **positive** texts that have it and **negative** texts that "
+        "do not (one per line, ideally in matching pairs). The lab runs them through the model, finds the direction "
+        "that separates them at every layer, and recommends where and how hard to steer."
+    )
+    with gr.Row():
+        name = gr.Textbox(
+            "polite",
+            label="Name",
+            elem_id="cr-name",
+            info="lowercase letters, digits, _ or - (e.g. my_concept)",
+            max_lines=1,
+        )
+        description = gr.Textbox(
+            "Polite and courteous vs rude", label="Description", max_lines=1, elem_id="cr-description", scale=2
+        )
+        upload = gr.UploadButton(
+            "Upload a concept JSON…", file_types=[".json"], type="binary", scale=1, elem_id="cr-upload"
+        )
+    with gr.Row():
+        positive = gr.Textbox(
+            EXAMPLE_POSITIVE, label="Positive examples (one per line)", lines=8, max_lines=16, elem_id="cr-positive"
+        )
+        negative = gr.Textbox(
+            EXAMPLE_NEGATIVE, label="Negative examples (one per line)", lines=8, max_lines=16, elem_id="cr-negative"
+        )
+    with gr.Row():
+        method = gr.Radio(
+            list(METHODS),
+            value="mean_diff",
+            label="Method",
+            info=" · ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()),
+            scale=3,
+        )
+        extract = gr.Button("Extract", variant="primary", scale=1, elem_id="cr-extract")
+    summary = gr.Markdown("Extract to see the recommended layer and strength.", elem_id="cr-summary")
+    with gr.Row():
+        separability = gr.Plot(separability_figure(None), label="Separability per layer", elem_id="cr-separability")
+        norms = gr.Plot(norms_figure(None), label="Vector vs residual norm", elem_id="cr-norms")
+    with gr.Row():
+        overwrite = gr.Checkbox(False, label="Overwrite a custom concept with this name", elem_id="cr-overwrite")
+        save = gr.Button("Save to the library", variant="primary", elem_id="cr-save")
+        try_prompt = gr.Textbox(
+            "Tell me about your weekend.", label="Prompt to try it on", max_lines=1, scale=2, elem_id="cr-try-prompt"
+        )
+        try_button = gr.Button("Try it in the Playground →", elem_id="cr-try")
+    with gr.Row():
+        download_st = gr.DownloadButton("Download .safetensors", interactive=False, elem_id="cr-download-safetensors")
+        download_gguf = gr.DownloadButton("Download llama.cpp .gguf", interactive=False, elem_id="cr-download-gguf")
+    saved = gr.Markdown(elem_id="cr-saved")
+
+    def load_upload(raw: bytes | None):
+        if not raw:
+            return [gr.skip()] * 5
+        try:
+            concept = concept_store.parse_concept_bytes(raw, source="the uploaded file")
+        except Exception as error:
+            raise gr.Error(user_error(error)) from None
+        gr.Info(
+            f"Loaded {concept.name!r}: {len(concept.positive)} positive, {len(concept.negative)} negative examples."
+        )
+        prompt = concept.prompts[0] if concept.prompts else gr.skip()
+        return concept.name, concept.description, "\n".join(concept.positive), "\n".join(concept.negative), prompt
+
+    upload.upload(load_upload, upload, [name, description, positive, negative, try_prompt], api_name=False)
+
+    def run_extract(name_text, description_text, positive_text, negative_text, method_name, progress=gr.Progress()):
+        lab = holder.lab
+        try:
+            concept = _concept(name_text, description_text, positive_text, negative_text)
+            progress(0.0, desc="running the examples through the model")
+            vector = lab.library.get(
+                concept, Settings(method=method_name), progress=lambda f, m: progress(f * 0.9, desc=m)
+            )
+            progress(0.95, desc="writing the download files")
+            folder = _download_dir()
+            stem = _file_stem(f"{concept.name}-{lab.lm.model_id}")
+            st_path = vector.save(folder / f"{stem}.safetensors")
+            gguf_path = vector.to_gguf(folder / f"{stem}.gguf", strength=vector.recommended_strength)
+        except Exception as error:
+            if not isinstance(error, ValueError):
+                log.exception("extraction failed")
+            raise gr.Error(user_error(error)) from None
+        stats = vector.metadata.get("stats", {})
+        layers = vector.recommended_layers
+        accuracy = stats.get("accuracy", [])
+        best = ", ".join(
+            f"{layer} (accuracy {accuracy[layer]:.0%})" if layer < len(accuracy) else str(layer) for layer in layers
+        )
+        text = (
+            f"**{concept.name}** on `{lab.lm.model_id}` with **{method_name}** "
+            f"({len(concept.positive)} positive, {len(concept.negative)} negative): "
+            f"recommended layer {best}, recommended strength **{vector.recommended_strength:g}**. "
+            "The .gguf has this strength baked in."
+        )
+        return (
+            text,
+            separability_figure(stats, layers),
+            norms_figure(stats, layers),
+            gr.DownloadButton(value=str(st_path), interactive=True),
+            gr.DownloadButton(value=str(gguf_path), interactive=True),
+        )
+
+    extract.click(
+        run_extract,
+        [name, description, positive, negative, method],
+        [summary, separability, norms, download_st, download_gguf],
+        api_name="extract_concept",
+        concurrency_id=MODEL_CONCURRENCY,
+    )
+
+    def run_save(name_text, description_text, positive_text, negative_text, replace_existing):
+        try:
+            concept = _concept(name_text, description_text, positive_text, negative_text)
+            path = concept_store.save_custom(
+                concept, holder.lab.library.concepts_root, overwrite=bool(replace_existing)
+            )
+        except Exception as error:
+            raise gr.Error(user_error(error)) from None
+        gr.Info(f"Saved {concept.name!r}: it is now in the Playground's concept list.")
+        return f"Saved **{concept.name}** to `custom/{path.name}`; pick it in the Steering Playground."
+
+    save_event = save.click(
+        run_save, [name, description, positive, negative, overwrite], saved, api_name="save_concept"
+    )
+    return CreatorParts(
+        holder=holder,
+        try_button=try_button,
+        save_event=save_event,
+        form=[name, description, positive, negative, method, try_prompt],
+    )

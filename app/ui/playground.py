@@ -1,0 +1,389 @@
+"""Steering Playground: baseline and steered side by side, same seed, streamed in one batch.
+
+Up to three concepts (each with a strength), their layers, a position mode and sampling
+settings. After generation: where the two texts part (a token-level diff) and, step by step,
+how steering moved the next-token probabilities on the steered text's own prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from app.engine import POSITION_MODES, Steer
+from app.figures_playground import message_figure, token_shift_figure
+from app.generation import GenerationRequest
+from app.token_shift import next_token_shift, token_diff
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+
+log = logging.getLogger(__name__)
+
+TAB_ID = "Steering Playground"  # the gr.Tab id app.py gives this tab (its label)
+N_ROWS = 3
+TOP_K = 5
+NONE = ""  # the "no concept" choice of rows 2 and 3
+
+# name -> (prompt, chat template?, [(concept, strength or None = recommended)], layers: "", "middle" or "L,L")
+PRESETS: dict[str, tuple[str, bool, list[tuple[str, float | None]], str]] = {
+    "“The meeting went” + happy, middle layer": ("The meeting went", False, [("happy", None)], "middle"),
+    "“The meeting went” + sad, middle layer": ("The meeting went", False, [("sad", None)], "middle"),
+    "“Quantum mechanics is” + pirate": ("Quantum mechanics is", False, [("pirate", None)], ""),
+    "“Tell me about your weekend.” + formal": ("Tell me about your weekend.", True, [("formal", None)], ""),
+    "“Tell me about your weekend.” + casual": ("Tell me about your weekend.", True, [("casual", None)], ""),
+    "“The city at night” + poetic": ("The city at night", False, [("poetic", None)], ""),
+    "“Tell me about your day.” + dog + excited (mixing)": (
+        "Tell me about your day.",
+        True,
+        [("dog", None), ("excited", None)],
+        "",
+    ),
+}
+
+POSITION_HELP = (
+    "all: every token · prompt: only the prompt's tokens · generated: only new tokens · "
+    "last: the prompt's last token and every new one"
+)
+
+
+@dataclass
+class PlaygroundParts:
+    """Components other tabs may fill in (e.g. the Creator's “Try it in the Playground”)."""
+
+    prompt: gr.Textbox
+    chat: gr.Checkbox
+    concepts: list[gr.Dropdown] = field(default_factory=list)
+    strengths: list[gr.Slider] = field(default_factory=list)
+    layers: gr.Textbox | None = None
+    holder: LabHolder | None = None
+
+    def choice_updates(self, selected: str | None = None, clear_others: bool = False) -> list[dict]:
+        """Fresh concept lists for every row; row 1 switches to ``selected`` when given."""
+        choices = concept_choices(self.holder)
+        updates = [gr.update(choices=choices)]
+        for _ in self.concepts[1:]:
+            more = [("— none —", NONE), *choices]
+            updates.append(gr.update(choices=more, value=NONE) if clear_others else gr.update(choices=more))
+        if selected:
+            updates[0] = gr.update(choices=choices, value=selected)
+        return updates
+
+    def link(self, tabs: gr.Tabs, tab: gr.Tab, built: dict) -> None:
+        """Refresh the concept lists whenever the Playground tab is selected (new custom concepts)."""
+        tab.select(lambda: self.choice_updates(), None, self.concepts, api_name=False, queue=False)
+
+
+def concept_choices(holder: LabHolder) -> list[tuple[str, str]]:
+    """(label, name) for every library and custom concept; custom ones marked."""
+    concepts = holder.lab.library.concepts()
+    return sorted(
+        ((f"{name} ({c.category})", name) for name, c in concepts.items()),
+        key=lambda item: (item[0].endswith("(custom)"), item[1]),
+    )
+
+
+def parse_layers(text: str, n_layers: int) -> tuple[int, ...] | None:
+    """``""`` -> None (recommended), ``"middle"``, ``"12"``, ``"10,12"`` or ``"10-14"``."""
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    if text == "middle":
+        return (n_layers // 2,)
+    layers: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"cannot read layers {text!r}: write e.g. 12, or 10,12,14, or 10-14")
+        layers.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layer {bad[0]} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
+    return tuple(dict.fromkeys(layers))
+
+
+def _steers(holder: LabHolder, rows: list[tuple[str, float]], layers_text: str, progress) -> list[Steer]:
+    lab = holder.lab
+    layers = parse_layers(layers_text, lab.lm.n_layers)
+    steers = []
+    for name, strength in rows:
+        if not name:
+            continue
+        label = f"building the {name} vector"
+        lab.library.get(name, progress=lambda f, m, label=label: progress(f, desc=f"{label}: {m}"))
+        steers.append(lab.steer(name, float(strength), layers))
+    if not steers:
+        raise ValueError("pick at least one concept to steer with")
+    return steers
+
+
+def _describe(steers: list[Steer], positions: str) -> str:
+    parts = [
+        f"**{s.vector.name}** ×{s.strength:g} at layer{'s' if len(s.resolved_layers()) > 1 else ''} "
+        f"{', '.join(map(str, s.resolved_layers()))}"
+        for s in steers
+    ]
+    return " + ".join(parts) + f" · positions: {positions}"
+
+
+def _diff_outputs(holder: LabHolder, baseline_ids: list[int], steered_ids: list[int]):
+    lab = holder.lab
+    base_tokens, steer_tokens = lab.decode(baseline_ids), lab.decode(steered_ids)
+    diff = token_diff(base_tokens, steer_tokens)
+    if diff.first_difference is None:
+        headline = (
+            "**The two texts are identical**: steering changed no token. Raise the strength or try another layer."
+        )
+    else:
+        i = diff.first_difference
+        a = repr(base_tokens[i]) if i < len(base_tokens) else "(end)"
+        b = repr(steer_tokens[i]) if i < len(steer_tokens) else "(end)"
+        headline = f"The texts part at **token {i + 1}**: baseline {a} vs steered {b}."
+    return headline, diff.segments
+
+
+def _shift_figure(holder: LabHolder, request: GenerationRequest, steered_ids: list[int]):
+    shifts = next_token_shift(holder.lab, request, steered_ids, k=TOP_K)
+    decode = holder.lab.decode
+    return token_shift_figure(
+        tokens=decode([s.token_id for s in shifts]),
+        chosen_baseline=[s.chosen_baseline for s in shifts],
+        chosen_steered=[s.chosen_steered for s in shifts],
+        candidates=[decode(list(s.candidates)) for s in shifts],
+        baseline=[s.baseline for s in shifts],
+        steered=[s.steered for s in shifts],
+    )
+
+
+def _initial_strength(holder: LabHolder, name: str) -> float:
+    vector = holder.lab.library.cached(name)
+    return vector.recommended_strength if vector is not None else 4.0
+
+
+def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
+    gr.Markdown(
+        "Steer the model with one or more concepts and compare with the unsteered baseline: same prompt, "
+        "same seed, one batched run. Start from a preset or pick your own."
+    )
+    with gr.Row():
+        preset = gr.Dropdown(
+            list(PRESETS),
+            value=None,
+            label="Preset demos",
+            info="Pick one to fill in the form, then Generate.",
+            scale=3,
+        )
+        refresh = gr.Button("↻ Refresh concept list", scale=1, size="sm", elem_id="pg-refresh")
+    with gr.Row():
+        prompt = gr.Textbox("The meeting went", label="Prompt", lines=2, scale=4, elem_id="pg-prompt")
+        chat = gr.Checkbox(
+            value=False,
+            elem_id="pg-chat",
+            label="Chat template",
+            info="On: the model answers as an assistant. Off: it continues your text.",
+            scale=1,
+        )
+    choices = concept_choices(holder)
+    concepts, strengths = [], []
+    with gr.Group():
+        for row in range(N_ROWS):
+            with gr.Row(visible=True):
+                concepts.append(
+                    gr.Dropdown(
+                        choices if row == 0 else [("— none —", NONE), *choices],
+                        value="happy"
+                        if row == 0 and any(v == "happy" for _, v in choices)
+                        else (None if row == 0 else NONE),
+                        label=f"Concept {row + 1}" if row else "Concept",
+                        scale=2,
+                        elem_id=f"pg-concept-{row + 1}",
+                    )
+                )
+                strengths.append(
+                    gr.Slider(
+                        -10,
+                        10,
+                        value=_initial_strength(holder, "happy") if row == 0 else 0.0,
+                        step=0.5,
+                        label="Strength",
+                        scale=3,
+                        info="negative = toward the opposite pole" if row == 0 else None,
+                        elem_id=f"pg-strength-{row + 1}",
+                    )
+                )
+    recommended = gr.Markdown("Strength defaults to the concept's recommended strength when you pick a concept.")
+    with gr.Row():
+        layers = gr.Textbox(
+            label="Layers (blank = each concept's recommended)",
+            placeholder="e.g. 15, or 10,12,14, or 10-14, or middle",
+            elem_id="pg-layers",
+            scale=2,
+        )
+        positions = gr.Radio(
+            list(POSITION_MODES), value="all", label="Steer which positions", info=POSITION_HELP, scale=3
+        )
+    with gr.Row():
+        max_new_tokens = gr.Slider(1, 200, value=40, step=1, label="Max new tokens", elem_id="pg-max-tokens")
+        temperature = gr.Slider(
+            0, 2, value=0.7, step=0.05, label="Temperature", info="0 = greedy", elem_id="pg-temperature"
+        )
+        seed = gr.Number(0, label="Seed (shared by both runs)", precision=0, elem_id="pg-seed")
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", scale=3, elem_id="pg-generate")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="pg-stop")
+    status = gr.Markdown(elem_id="pg-status")
+    with gr.Row(equal_height=True):
+        baseline = gr.Textbox(
+            label="Baseline (no steering)",
+            lines=8,
+            max_lines=20,
+            elem_classes="steer-output",
+            buttons=["copy"],
+            elem_id="pg-baseline",
+        )
+        steered = gr.Textbox(
+            label="Steered", lines=8, max_lines=20, elem_classes="steer-output", buttons=["copy"], elem_id="pg-steered"
+        )
+    headline = gr.Markdown("Generate to see where the two texts part.", elem_id="pg-headline")
+    diff = gr.HighlightedText(
+        label="Token-level differences",
+        color_map={"baseline only": "#c9c9c9", "steered only": "#ff9f80"},
+        show_legend=True,
+        show_inline_category=False,
+        value=[("Generate to see the token-level differences.", None)],
+        elem_id="pg-diff",
+    )
+    plot = gr.Plot(
+        message_figure("Generate to see how steering shifts the next-token probabilities."),
+        label="Next-token probabilities",
+        elem_id="pg-plot",
+    )
+
+    parts = PlaygroundParts(
+        prompt=prompt, chat=chat, concepts=concepts, strengths=strengths, layers=layers, holder=holder
+    )
+
+    def recommend(name: str):
+        """Set the strength to the concept's recommendation (builds the vector if needed)."""
+        if not name:
+            return gr.skip(), ""
+        try:
+            vector = holder.lab.library.get(name)
+        except Exception as error:
+            raise gr.Error(user_error(error)) from None
+        layer_text = ", ".join(map(str, vector.recommended_layers))
+        return vector.recommended_strength, (
+            f"**{name}**: recommended layer {layer_text}, strength {vector.recommended_strength:g}."
+        )
+
+    for dropdown, slider in zip(concepts, strengths):
+        dropdown.input(recommend, dropdown, [slider, recommended], api_name=False, concurrency_id=MODEL_CONCURRENCY)
+
+    def apply_preset(name: str):
+        if name not in PRESETS:
+            return [gr.skip()] * (3 + 2 * N_ROWS + 1)
+        text, use_chat, rows, layer_text = PRESETS[name]
+        notes = []
+        values: list = []
+        for row in range(N_ROWS):
+            concept, strength = rows[row] if row < len(rows) else (NONE, 0.0)
+            if concept and strength is None:
+                strength, note = recommend(concept)
+                notes.append(note)
+            values += [concept, strength]
+        if layer_text == "middle":
+            layer_text = str(holder.lab.lm.n_layers // 2)
+        return [text, use_chat, layer_text, *values, " ".join(notes) or gr.skip()]
+
+    preset_outputs = [prompt, chat, layers]
+    for dropdown, slider in zip(concepts, strengths):
+        preset_outputs += [dropdown, slider]
+    preset.input(apply_preset, preset, [*preset_outputs, recommended], api_name=False, concurrency_id=MODEL_CONCURRENCY)
+    refresh.click(lambda: parts.choice_updates(), None, concepts, api_name="refresh_concepts", queue=False)
+
+    def run(
+        text,
+        use_chat,
+        c1,
+        s1,
+        c2,
+        s2,
+        c3,
+        s3,
+        layer_text,
+        position,
+        max_tokens,
+        temp,
+        seed_value,
+        progress=gr.Progress(),
+    ):
+        started = time.perf_counter()
+        try:
+            if not (text or "").strip():
+                raise ValueError("type a prompt first")
+            steers = _steers(holder, [(c1, s1), (c2, s2), (c3, s3)], layer_text, progress)
+            request = GenerationRequest(
+                prompt=text,
+                max_new_tokens=int(max_tokens),
+                temperature=float(temp),
+                seed=int(seed_value or 0),
+                chat=bool(use_chat),
+            )
+            rows = holder.lab.compare_requests(request, steers, position)
+        except Exception as error:
+            raise gr.Error(user_error(error)) from None
+        what = _describe(steers, position)
+        waiting = message_figure("Generating…")
+        yield "", "", f"Generating… steered with {what}", "Generating…", [], waiting
+        results = None
+        stream = holder.lab.stream(rows)
+        try:
+            for results in stream:
+                step = max(len(r.token_ids) for r in results)
+                yield (
+                    results[0].text,
+                    results[1].text,
+                    f"Generating… token {step}/{int(max_tokens)} · {what}",
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                )
+        except Exception as error:
+            log.exception("playground generation failed")
+            raise gr.Error(user_error(error)) from None
+        finally:
+            stream.close()  # a Stop closes this generator; closing the stream leaves the engine's `with` block
+            if results is not None and not all(r.finish_reason for r in results):
+                log.info("playground: generation stopped after %d tokens", max(len(r.token_ids) for r in results))
+        if not results:
+            return
+        try:
+            head, segments = _diff_outputs(holder, results[0].token_ids, results[1].token_ids)
+            figure = _shift_figure(holder, rows[1], results[1].token_ids)
+        except Exception as error:
+            log.exception("playground analysis failed")
+            head, segments, figure = f"Could not compare the texts: {user_error(error)}", [], message_figure("No data.")
+        seconds = time.perf_counter() - started
+        done = f"Done in {seconds:.1f} s · {len(results[1].token_ids)} steered tokens ({results[1].finish_reason}) · {what}"
+        yield results[0].text, results[1].text, done, head, segments, figure
+
+    event = generate.click(
+        run,
+        [
+            prompt,
+            chat,
+            *[x for pair in zip(concepts, strengths) for x in pair],
+            layers,
+            positions,
+            max_new_tokens,
+            temperature,
+            seed,
+        ],
+        [baseline, steered, status, headline, diff, plot],
+        api_name="generate",
+        concurrency_id=MODEL_CONCURRENCY,
+        show_progress="minimal",
+    )
+    stop.click(lambda: "Stopped.", None, status, cancels=[event], api_name=False, queue=False)
+    return parts
