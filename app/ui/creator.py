@@ -80,13 +80,16 @@ class CreatorParts:
             rows = playground.choice_updates(selected=concept.name, clear_others=True)
             strengths = [vector.recommended_strength] + [0.0] * (len(playground.strengths) - 1)
             text = (prompt or "").strip() or "Tell me about your weekend."
-            return [gr.Tabs(selected=PLAYGROUND), text, use_chat, "", *rows, *strengths]
+            layers = ", ".join(map(str, vector.recommended_layers))
+            note = f"**{concept.name}**: recommended layer {layers}, strength {vector.recommended_strength:g}."
+            return [gr.Tabs(selected=PLAYGROUND), text, use_chat, "", note, *rows, *strengths]
 
         outputs = [
             tabs,
             playground.prompt,
             playground.chat,
             playground.layers,
+            playground.note,
             *playground.concepts,
             *playground.strengths,
         ]
@@ -114,7 +117,8 @@ def _ensure_saved(holder: LabHolder, concept: Concept) -> str:
     if existing is not None:
         if existing.content_hash != concept.content_hash:
             raise ValueError(
-                f"a concept named {concept.name!r} already exists with other examples: save under a new name first"
+                f"a concept named {concept.name!r} already exists with other examples: save these with "
+                "'Overwrite' ticked, or choose another name"
             )
         return ""
     concept_store.save_custom(concept, holder.lab.library.concepts_root)
@@ -201,9 +205,14 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
         try:
             concept = _concept(name_text, description_text, positive_text, negative_text)
             progress(0.0, desc="running the examples through the model")
-            vector = lab.library.get(
-                concept, Settings(method=method_name), progress=lambda f, m: progress(f * 0.9, desc=m)
-            )
+            settings, report = Settings(method=method_name), lambda f, m: progress(f * 0.9, desc=m)
+            existing = lab.library.concepts().get(concept.name)
+            if existing is not None and existing.content_hash != concept.content_hash:
+                # Another concept owns this name: extract a preview without caching it under the name,
+                # so the Playground keeps steering with the saved concept.
+                vector = lab.library.build(concept, settings, report)
+            else:
+                vector = lab.library.get(concept, settings, report)
             progress(0.95, desc="writing the download files")
             folder = _download_dir()
             stem = _file_stem(f"{concept.name}-{lab.lm.model_id}")

@@ -17,6 +17,7 @@ from app.engine import POSITION_MODES, Steer
 from app.figures_playground import message_figure, token_shift_figure
 from app.generation import GenerationRequest
 from app.token_shift import next_token_shift, token_diff
+from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers, parse_layers
 from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
 
 log = logging.getLogger(__name__)
@@ -25,27 +26,6 @@ TAB_ID = "Steering Playground"  # the gr.Tab id app.py gives this tab (its label
 N_ROWS = 3
 TOP_K = 5
 NONE = ""  # the "no concept" choice of rows 2 and 3
-
-# name -> (prompt, chat template?, [(concept, strength or None = recommended)], layers: "", "middle" or "L,L")
-PRESETS: dict[str, tuple[str, bool, list[tuple[str, float | None]], str]] = {
-    "“The meeting went” + happy, middle layer": ("The meeting went", False, [("happy", None)], "middle"),
-    "“The meeting went” + sad, middle layer": ("The meeting went", False, [("sad", None)], "middle"),
-    "“Quantum mechanics is” + pirate": ("Quantum mechanics is", False, [("pirate", None)], ""),
-    "“Tell me about your weekend.” + formal": ("Tell me about your weekend.", True, [("formal", None)], ""),
-    "“Tell me about your weekend.” + casual": ("Tell me about your weekend.", True, [("casual", None)], ""),
-    "“The city at night” + poetic": ("The city at night", False, [("poetic", None)], ""),
-    "“Tell me about your day.” + dog + excited (mixing)": (
-        "Tell me about your day.",
-        True,
-        [("dog", None), ("excited", None)],
-        "",
-    ),
-}
-
-POSITION_HELP = (
-    "all: every token · prompt: only the prompt's tokens · generated: only new tokens · "
-    "last: the prompt's last token and every new one"
-)
 
 
 @dataclass
@@ -57,6 +37,7 @@ class PlaygroundParts:
     concepts: list[gr.Dropdown] = field(default_factory=list)
     strengths: list[gr.Slider] = field(default_factory=list)
     layers: gr.Textbox | None = None
+    note: gr.Markdown | None = None  # the line under the concept rows (recommended layer and strength)
     holder: LabHolder | None = None
 
     def choice_updates(self, selected: str | None = None, clear_others: bool = False) -> list[dict]:
@@ -84,25 +65,6 @@ def concept_choices(holder: LabHolder) -> list[tuple[str, str]]:
     )
 
 
-def parse_layers(text: str, n_layers: int) -> tuple[int, ...] | None:
-    """``""`` -> None (recommended), ``"middle"``, ``"12"``, ``"10,12"`` or ``"10-14"``."""
-    text = (text or "").strip().lower()
-    if not text:
-        return None
-    if text == "middle":
-        return (n_layers // 2,)
-    layers: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"cannot read layers {text!r}: write e.g. 12, or 10,12,14, or 10-14")
-        layers.extend(range(int(low), int(high) + 1) if dash else [int(low)])
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
-    return tuple(dict.fromkeys(layers))
-
-
 def _steers(holder: LabHolder, rows: list[tuple[str, float]], layers_text: str, progress) -> list[Steer]:
     lab = holder.lab
     layers = parse_layers(layers_text, lab.lm.n_layers)
@@ -116,15 +78,6 @@ def _steers(holder: LabHolder, rows: list[tuple[str, float]], layers_text: str, 
     if not steers:
         raise ValueError("pick at least one concept to steer with")
     return steers
-
-
-def _describe(steers: list[Steer], positions: str) -> str:
-    parts = [
-        f"**{s.vector.name}** ×{s.strength:g} at layer{'s' if len(s.resolved_layers()) > 1 else ''} "
-        f"{', '.join(map(str, s.resolved_layers()))}"
-        for s in steers
-    ]
-    return " + ".join(parts) + f" · positions: {positions}"
 
 
 def _diff_outputs(holder: LabHolder, baseline_ids: list[int], steered_ids: list[int]):
@@ -261,7 +214,13 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
     )
 
     parts = PlaygroundParts(
-        prompt=prompt, chat=chat, concepts=concepts, strengths=strengths, layers=layers, holder=holder
+        prompt=prompt,
+        chat=chat,
+        concepts=concepts,
+        strengths=strengths,
+        layers=layers,
+        note=recommended,
+        holder=holder,
     )
 
     def recommend(name: str):
@@ -333,7 +292,7 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
             rows = holder.lab.compare_requests(request, steers, position)
         except Exception as error:
             raise gr.Error(user_error(error)) from None
-        what = _describe(steers, position)
+        what = describe_steers(steers, position)
         waiting = message_figure("Generating…")
         yield "", "", f"Generating… steered with {what}", "Generating…", [], waiting
         results = None

@@ -7,13 +7,24 @@ from pathlib import Path
 
 from playwright.sync_api import Page
 
+_TOP_LEVEL_TABS = """() => {
+  const config = window.gradio_config;
+  const byId = Object.fromEntries(config.components.map(c => [c.id, c]));
+  const find = node => {
+    if (byId[node.id] && byId[node.id].type === 'tabs') return node;
+    for (const child of node.children || []) { const found = find(child); if (found) return found; }
+    return null;
+  };
+  const tabs = find(config.layout);
+  return (tabs ? tabs.children : []).map(child => byId[child.id])
+    .filter(c => c && c.type === 'tabitem' && c.props.visible !== false).map(c => c.props.label);
+}"""
+
 
 def tab_labels(page: Page) -> list[str]:
-    """Every tab's label, from the app's config (includes tabs folded into the "More tabs" menu)."""
-    return page.evaluate(
-        "() => (window.gradio_config.components || [])"
-        ".filter(c => c.type === 'tabitem' && c.props.visible !== false).map(c => c.props.label)"
-    )
+    """The main tab bar's labels, from the app's config (tabs folded into "More tabs" included,
+    tabs nested inside a tab left out)."""
+    return page.evaluate(_TOP_LEVEL_TABS)
 
 
 def open_tab(page: Page, label: str) -> None:

@@ -108,6 +108,45 @@ def test_creator_concept_is_saved_and_appears_in_the_playground(page, app_server
     assert not error_toasts(page)
 
 
+def test_preset_fills_the_form(page):
+    open_tab(page, "Steering Playground")
+    page.get_by_label("Preset demos").click()
+    page.get_by_role("option", name="“The meeting went” + happy, middle layer").click()
+    page.get_by_text("happy: recommended layer").wait_for(timeout=GENERATION_TIMEOUT_MS)
+    assert text_value(page, "pg-prompt") == "The meeting went"
+    assert text_value(page, "pg-concept-1") == "happy (emotion)"
+    assert text_value(page, "pg-layers") == "15"  # SmolLM2 has 30 layers: the middle one
+    assert not page.locator("#pg-chat input").is_checked()
+    assert float(page.locator("#pg-strength-1 input[type=number]").input_value()) > 0
+
+
+def test_creator_loads_an_uploaded_concept_and_reports_a_broken_one(page, tmp_path):
+    good = tmp_path / "uploaded.json"
+    good.write_text(
+        json.dumps(
+            {
+                "name": "uploaded_one",
+                "description": "from a file",
+                "positive": ["yes indeed", "absolutely"],
+                "negative": ["no way", "never"],
+                "prompts": ["Will it rain?"],
+            }
+        )
+    )
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "x", "positive": "oops"')
+    open_tab(page, "Concept Creator")
+    upload = page.locator("input[type=file]").first
+    upload.set_input_files(str(good))
+    page.wait_for_function("() => document.querySelector('#cr-name input, #cr-name textarea').value === 'uploaded_one'")
+    assert text_value(page, "cr-positive") == "yes indeed\nabsolutely"
+    assert text_value(page, "cr-try-prompt") == "Will it rain?"
+    upload.set_input_files(str(broken))
+    page.locator(".toast-body.error").first.wait_for(timeout=30_000)
+    assert "not valid JSON" in page.locator(".toast-body.error").first.inner_text()
+    assert "Traceback" not in page.content()
+
+
 def test_creator_rejects_a_bad_name_with_a_readable_message(page, app_server):
     open_tab(page, "Concept Creator")
     fill_text(page, "cr-name", "../escape")
