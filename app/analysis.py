@@ -341,7 +341,8 @@ def examples_map(
             f"layer {layer} is out of range: the model has {engine.n_layers} layers (0..{engine.n_layers - 1})"
         )
     texts = [*positive, *negative]
-    pooled = capture(engine, tokenizer, texts, progress=progress).pooled[:, layer, :].double().numpy()  # [n, d]
+    with engine.lock:  # capture's hooks must not see another request's forward pass
+        pooled = capture(engine, tokenizer, texts, progress=progress).pooled[:, layer, :].double().numpy()  # [n, d]
     points = _unit_rows(pooled - pooled.mean(axis=0))
     coords, used, note = embed_2d(points, method)
     groups = [labels[0]] * len(positive) + [labels[1]] * len(negative)

@@ -96,9 +96,10 @@ def residual_norm_figure(norms: np.ndarray | None, tokens: Sequence[str] = ()) -
     _layout(figure, "Residual-stream norm per layer", 340)
     figure.update_xaxes(title_text="layer", dtick=max(1, len(layers) // 15))
     spread = norms.max() / max(float(norms[norms > 0].min()) if (norms > 0).any() else 1.0, 1e-9)
-    figure.update_yaxes(
-        title_text="‖residual‖" + (" (log scale)" if spread > 50 else ""), type="log" if spread > 50 else "linear"
-    )
+    if spread > 50:  # the attention-sink token can be 100× the others: a linear axis would flatten them
+        figure.update_yaxes(title_text="‖residual‖ (log scale)", type="log", dtick=1, tickformat="~s")
+    else:
+        figure.update_yaxes(title_text="‖residual‖", type="linear")
     return figure
 
 
@@ -197,7 +198,7 @@ def heatmap_figure(
             figure.add_hline(y=layer, line=dict(color="black", width=1, dash="dash"), row=row, col=1)
         figure.update_yaxes(title_text="layer", row=row, col=1, dtick=max(1, n_layers // 8))
     shared = _symmetric_range(np.concatenate([baseline, steered]))
-    change = _symmetric_range(difference)
+    change = max(_symmetric_range(difference), 1e-3)  # all zeros: a plain scale, not ±1µ
     panel = max(220, 10 * n_layers)
     figure.update_layout(
         height=3 * panel + 170,
@@ -307,10 +308,17 @@ def sweep_figure(
                 y=baseline_perplexity, line=dict(color=BASELINE_COLOR, dash="dot", width=1), secondary_y=True
             )
     _layout(figure, title or f"Effect and fluency by {x_title}", 380)
+    figure.update_layout(
+        margin=dict(l=60, r=70, t=60, b=70), legend=dict(x=0.0, xanchor="left")
+    )  # the legend clear of the right axis
     figure.update_xaxes(title_text=x_title)
     figure.update_yaxes(title_text="Effect (toward the concept)", secondary_y=False)
     figure.update_yaxes(
-        title_text="perplexity (lower = more fluent)", type="log", tickformat=".3~g", secondary_y=True, showgrid=False
+        title_text="perplexity (log; lower = more fluent)",
+        type="log",
+        tickformat=".3~g",
+        secondary_y=True,
+        showgrid=False,
     )
     figure.add_annotation(
         text="dotted: unsteered baseline",
