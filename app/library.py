@@ -112,13 +112,17 @@ class VectorLibrary:
             vector = self._load_or_build(concept, settings, progress)
             with self._lock:
                 self._vectors[key] = vector
-                if settings == default_settings(concept):
-                    self._vectors[concept.name] = vector
+                if settings == default_settings(concept) and self._is_saved(concept):
+                    self._vectors[concept.name] = vector  # only the saved concept owns its name
             return vector
         finally:
             with self._lock:
                 self._building.pop(key, None)
             event.set()
+
+    def _is_saved(self, concept: Concept) -> bool:
+        saved = self.concepts().get(concept.name)
+        return saved is not None and saved.content_hash == concept.content_hash
 
     def cached(self, name: str) -> SteeringVector | None:
         with self._lock:

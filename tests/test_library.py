@@ -121,3 +121,14 @@ def test_unwritable_cache_still_serves(engine, char_tokenizer, concept_dir, tmp_
     with caplog.at_level(logging.WARNING):
         assert lib.get("joy").name == "joy"
     assert "could not cache" in caplog.text
+
+
+def test_an_unsaved_edit_does_not_take_over_the_saved_name(engine, char_tokenizer, concept_dir, tmp_path):
+    from dataclasses import replace
+
+    lib = library(engine, char_tokenizer, concept_dir, tmp_path)
+    saved = lib.get("joy")
+    edited = replace(lib.concepts()["joy"], positive=(*POS, "An extra cheerful line"))
+    draft = lib.get(edited)
+    assert draft is not saved
+    assert lib.cached("joy") is saved and lib.get("joy") is saved

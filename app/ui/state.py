@@ -42,7 +42,12 @@ class LabHolder:
         lm = self.lab.lm
         library = self.lab.library
         ready, total = len(library.ready_names()), len(library.concepts())
-        state = "ready" if ready >= total else f"building {ready}/{total}"
+        if ready >= total:
+            state = "ready"
+        elif library.status == "building":
+            state = f"building {ready}/{total}"
+        else:
+            state = f"{ready}/{total} ready, others built on first use"
         return (
             f"**Model** `{lm.model_id}` · **device** {device_text(lm)} · "
             f"**{lm.n_layers} layers**, d_model {lm.hidden_size} · **concept library** {state}"
