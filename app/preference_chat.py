@@ -103,6 +103,11 @@ def steering_from_values(
     return Steering(tuple(steers))
 
 
+def unbuilt(lab, values: Mapping[str, float]) -> list[str]:
+    """The steering dimensions whose vector is not built yet (the next reply builds them first)."""
+    return [dim for dim in active_values(values) if lab.library.cached(dim) is None]
+
+
 def preference_steering(lab, values: Mapping[str, float], progress: Progress | None = None) -> Steering:
     """:func:`steering_from_values` on ``lab``: builds the vectors it needs now (with ``progress``)."""
     from app.functional_range import functional_range

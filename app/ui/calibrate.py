@@ -9,7 +9,7 @@ after another. Then a chat at the calibrated values, and a profile to keep them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
@@ -23,9 +23,10 @@ from app.preference_chat import (
     merge_into_profile,
     preference_dimensions,
     preference_steering,
+    unbuilt,
 )
 from app.preferences import CHOICES, CalibrationState, calibrate_step
-from app.ui.preference_widgets import generation_settings, profile_box, progress_callback, stream_reply
+from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
 from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
 
@@ -55,6 +56,31 @@ class Session:
     @property
     def current(self) -> str | None:
         return self.queue[0] if self.queue else None
+
+
+def start_session(names: list[str], questions: dict[str, list[str]]) -> Session:
+    """A calibration of ``names`` one after another, starting at [−100, 100] each."""
+    session = Session(queue=list(names), state=CalibrationState())
+    session.question = calibration_question(questions, names[0], 0)
+    return session
+
+
+def apply_choice(session: Session, choice: str, questions: dict[str, list[str]]) -> Session:
+    """One graded choice: narrow the pair; a converged dimension is stored and the next one starts."""
+    if not session.current or session.state is None:
+        raise ValueError("press Start calibration first")
+    if not session.pair_ready:
+        raise ValueError("wait for both replies before choosing")
+    state = calibrate_step(session.state, choice)
+    session = replace(session, pair_ready=False, state=state, results=dict(session.results))
+    if state.done:
+        session.finished = {**session.finished, session.current: state}
+        session.results[session.current] = state.result
+        session.queue = session.queue[1:]
+        session.state = CalibrationState() if session.queue else None
+    if session.current:
+        session.question = calibration_question(questions, session.current, session.state.round)
+    return session
 
 
 def _dim(dims: list[Dimension], name: str | None) -> Dimension | None:
@@ -142,9 +168,7 @@ def build_calibrate_tab(holder: LabHolder):
     def begin(name: str):
         if not name:
             raise gr.Error("pick a dimension first")
-        queue = [d.name for d in dims] if name == ALL else [name]
-        session = Session(queue=queue, state=CalibrationState())
-        session.question = calibration_question(questions, queue[0], 0)
+        session = start_session([d.name for d in dims] if name == ALL else [name], questions)
         return session, _summary(session, dims), _figure(session, dims), "", "", *choice_buttons(False)
 
     def make_pair(session: Session, max_new_tokens, temperature, seed, progress=gr.Progress()):
@@ -153,6 +177,8 @@ def build_calibrate_tab(holder: LabHolder):
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(buttons)
             return
         lab, dim, state = holder.lab, session.current, session.state
+        if unbuilt(lab, {dim: state.d_a or state.d_b}):
+            yield gr.skip(), BUILDING.format(dims=dim), "", "", *[gr.skip()] * len(buttons)
         try:
             rows = [
                 GenerationRequest(
@@ -183,23 +209,10 @@ def build_calibrate_tab(holder: LabHolder):
         yield session, shown, texts[0], texts[1], *choice_buttons(True)
 
     def choose(choice: str, session: Session):
-        if not session.current or session.state is None:
-            raise gr.Error("press Start calibration first")
-        if not session.pair_ready:
-            raise gr.Error("wait for both replies before choosing")
         try:
-            state = calibrate_step(session.state, choice)
+            session = apply_choice(session, choice, questions)
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
-        session.pair_ready = False
-        session.state = state
-        if state.done:
-            session.finished[session.current] = state
-            session.results[session.current] = state.result
-            session.queue = session.queue[1:]
-            session.state = CalibrationState() if session.queue else None
-        if session.current:
-            session.question = calibration_question(questions, session.current, session.state.round)
         note = (
             f"Chat steered with **{describe_values(session.results, dims)}**."
             if session.results

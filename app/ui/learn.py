@@ -22,9 +22,10 @@ from app.preference_chat import (
     merge_into_profile,
     preference_dimensions,
     preference_steering,
+    unbuilt,
 )
 from app.preferences import LearnState, learn_from_feedback, learn_step, load_profile
-from app.ui.preference_widgets import generation_settings, profile_box, progress_callback, stream_reply
+from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
 from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
 
@@ -108,12 +109,15 @@ def build_learn_tab(holder: LabHolder):
                 5, 50, value=25, step=5, label="Step p (UI units per fully unhappy round)", elem_id="learn-step"
             )
             values = gr.Markdown(values_markdown(new_session(names), dims), elem_id="learn-values")
-            plot = gr.Plot(learn_figure([]), label="Learned values", elem_id="learn-plot")
+            plot = gr.Plot(learn_figure([]), label="Learned values", show_label=False, elem_id="learn-plot")
             settings = generation_settings("learn")
             profiles = profile_box("learn")
 
     def respond(text, history, session: Session, max_new_tokens, temperature, seed, progress=gr.Progress()):
         lab = holder.lab
+        building = unbuilt(lab, session.learn.values)
+        if building:
+            yield gr.skip(), gr.skip(), gr.skip(), BUILDING.format(dims=", ".join(building))
         try:
             steering = preference_steering(lab, session.learn.values, progress_callback(progress))
         except Exception as error:

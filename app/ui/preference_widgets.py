@@ -19,6 +19,9 @@ from app.preferences import list_profiles
 from app.ui.state import user_error
 
 log = logging.getLogger(__name__)
+BUILDING = (  # shown while a dimension's vector is built on first use
+    "Building the **{dims}** vector for this model (first use: a probe on every layer, up to a few minutes)…"
+)
 
 
 @dataclass

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.preference_chat import describe_values, merge_into_profile, preference_dimensions, preference_steering
+from app.preference_chat import (
+    describe_values,
+    merge_into_profile,
+    preference_dimensions,
+    preference_steering,
+    unbuilt,
+)
 from app.preferences import load_profile
 from app.ui.preference_widgets import (
+    BUILDING,
     generation_settings,
     profile_box,
     progress_callback,
@@ -79,6 +86,9 @@ def build_select_tab(holder: LabHolder):
         # ``progress`` sits before ``*values`` because Gradio only fills positional parameters.
         lab = holder.lab
         chosen = dict(zip(names, (float(v or 0) for v in values)))
+        building = unbuilt(lab, chosen)
+        if building:
+            yield gr.skip(), gr.skip(), BUILDING.format(dims=", ".join(building))
         try:
             steering = preference_steering(lab, chosen, progress_callback(progress))
         except Exception as error:
