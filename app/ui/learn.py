@@ -219,6 +219,8 @@ def build_learn_tab(holder: LabHolder):
         return [], "", session, "Chat cleared; the learned values stay."
 
     clear.click(clear_chat, [session_state], [chatbot, message, session_state, status], api_name=False, queue=False)
+    # the chat's own trash button empties it too: nothing is left to rate
+    chatbot.clear(lambda s: clear_chat(s)[2:], [session_state], [session_state, status], api_name=False, queue=False)
 
     def save(name, session: Session):
         if not session.learn.values:

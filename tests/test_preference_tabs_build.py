@@ -1,0 +1,59 @@
+"""The SELECT, CALIBRATE and LEARN tabs lay out and wire up without a model (fake lab)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from app.concepts import Concept
+from app.ui.calibrate import build_calibrate_tab
+from app.ui.learn import build_learn_tab
+from app.ui.select import build_select_tab
+
+
+def fake_holder(concepts: dict[str, Concept]):
+    library = SimpleNamespace(concepts=lambda: concepts, cached=lambda name: None)
+    return SimpleNamespace(lab=SimpleNamespace(library=library, lm=SimpleNamespace(model_id="fake")))
+
+
+def preference(name: str, negative: str, positive: str) -> Concept:
+    return Concept(
+        name=name,
+        description="",
+        positive=("p",),
+        negative=("n",),
+        category="preference",
+        labels={"positive": positive, "negative": negative},
+    )
+
+
+def test_the_tabs_build_with_one_slider_per_dimension_and_named_endpoints():
+    holder = fake_holder({"cost": preference("cost", "budget", "luxury"), "age": preference("age", "kids", "adults")})
+    with gr.Blocks() as demo:
+        for build in (build_select_tab, build_calibrate_tab, build_learn_tab):
+            with gr.Tab(build.__name__):
+                build(holder)
+    sliders = [
+        b for b in demo.blocks.values() if isinstance(b, gr.Slider) and (b.elem_id or "").startswith("sel-slider")
+    ]
+    assert [s.label for s in sliders] == ["budget ◀ cost ▶ luxury", "kids ◀ age ▶ adults"]
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    for endpoint in (
+        "select_chat",
+        "calibrate_start",
+        "calibrate_pair",
+        "calibrate_choose",
+        "calibrate_chat",
+        "learn_chat",
+    ):
+        assert endpoint in names
+
+
+def test_without_preference_concepts_the_tabs_say_so():
+    holder = fake_holder({"happy": Concept(name="happy", description="", positive=("a",), negative=("b",))})
+    with gr.Blocks() as demo:
+        assert build_select_tab(holder) is None
+        assert build_learn_tab(holder) is None
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("No preference dimensions" in (n or "") for n in notes)
