@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from app.engine import SteeringEngine
-from app.generation import GenerationRequest, GenerationResult, StopSignal, stream_generate, validate_request
+from app.generation import GenerationRequest, GenerationResult, StopSignal, stream_generate, validate_batch
 
 _DONE = object()
 
@@ -65,8 +65,7 @@ class GenerationBatcher:
             return
         if len(requests) > self.max_rows:
             raise ValueError(f"at most {self.max_rows} rows per request, got {len(requests)}")
-        for request in requests:
-            validate_request(self.engine, request)
+        validate_batch(self.engine, requests, self.tokenizer, is_chat=self.is_chat)  # limits, prompt tokens
         ticket = _Ticket(list(requests), stop)
         self._ensure_worker()
         self._pending.put(ticket)

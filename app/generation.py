@@ -137,7 +137,7 @@ def validate_batch(
 
 def _validate_steering(steering: Steering, limits: Limits) -> None:
     if not isinstance(steering, Steering):
-        raise ValueError(f"steering must be a Steering, got {type(steering).__name__}")  # noqa: TRY004 (user input)
+        raise ValueError(f"steering must be a Steering, got {type(steering).__name__}")
     if len(steering.steers) > limits.max_concepts:
         raise ValueError(limits.over("max_concepts", f"steering with {len(steering.steers)} concepts", len(steering.steers)))
     for steer in steering.steers:

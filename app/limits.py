@@ -57,7 +57,8 @@ class Limits:
     def over(self, name: str, what: str, value: float) -> str:
         """The message refusing ``what`` (e.g. ``"max_new_tokens 1000"``) for going over limit ``name``."""
         limit = getattr(self, name)
-        return f"{what} is over the limit of {limit:,g} ({hint(name)})"
+        shown = f"{int(limit):,}" if float(limit).is_integer() else f"{limit:,g}"
+        return f"{what} is over the limit of {shown} ({hint(name)})"
 
 
 def env_name(field_name: str) -> str:

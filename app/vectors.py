@@ -27,6 +27,7 @@ from app.storage import atomic_write
 
 FORMAT = "steering-lab-vector/1"
 NORMALIZED_UNIT = 0.1  # strength 1 adds 10% of the layer's typical residual norm
+MAX_FILE_BYTES = 256 * 1024 * 1024  # every layer of a 70B model's vector is ~1 MB; more is not a vector
 
 
 class VectorFileError(ValueError):
@@ -183,8 +184,21 @@ class SteeringVector:
         expect_fingerprint: str | None = None,
         expect_hidden_size: int | None = None,
     ) -> SteeringVector:
-        """Read a vector saved by :meth:`save`; check it fits the model that will use it."""
+        """Read a vector saved by :meth:`save`; check it fits the model that will use it.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            VectorFileError: anything else wrong with the file (never another error type).
+        """
         path = Path(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
+        if size > MAX_FILE_BYTES:
+            raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
         try:
             with safe_open(path, framework="pt") as handle:
                 header_text = (handle.metadata() or {}).get("steering_lab")
@@ -192,27 +206,55 @@ class SteeringVector:
         except FileNotFoundError:
             raise
         except Exception as error:  # safetensors raises several types for a bad file
-            raise VectorFileError(f"{path.name} is not a readable safetensors file: {error}") from None
+            raise VectorFileError(f"{path.name} is not a readable safetensors file: {_short(error)}") from None
         if header_text is None:
             raise VectorFileError(f"{path.name} is a safetensors file but not a Steering Lab vector")
         try:
             header = json.loads(header_text)
-            hidden_size = int(header["hidden_size"])
-            layers = {int(key.split(".", 1)[1]): tensors[key].float() for key in tensors if key.startswith("layer.")}
+            if not isinstance(header, dict):
+                raise TypeError("the header is not a JSON object")
+            norms, metadata = header.get("norms", {}), header.get("metadata", {})
+            if not isinstance(norms, dict) or not isinstance(metadata, dict):
+                raise TypeError("'norms' and 'metadata' must be JSON objects")
+            layers = {}
+            for key, tensor in tensors.items():
+                prefix, _, index = key.partition(".")
+                if prefix == "layer":
+                    layers[_layer_index(index)] = tensor.float()
             vector = cls(
                 name=str(header["name"]),
                 model_id=str(header["model_id"]),
                 model_fingerprint=str(header["model_fingerprint"]),
-                hidden_size=hidden_size,
+                hidden_size=_hidden_size(header["hidden_size"]),
                 layers=layers,
-                norms={int(k): float(v) for k, v in header.get("norms", {}).items()},
+                norms={_layer_index(k): float(v) for k, v in norms.items()},
                 method=str(header.get("method", "mean_diff")),
-                metadata=dict(header.get("metadata", {})),
+                metadata=dict(metadata),
             )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-            raise VectorFileError(f"{path.name} has a malformed Steering Lab header: {error}") from None
+            vector._check_values()
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, RuntimeError) as error:
+            raise VectorFileError(f"{path.name} has a malformed Steering Lab header: {_short(error)}") from None
         vector.check_model(expect_fingerprint, expect_hidden_size, source=path.name)
         return vector
+
+    def _check_values(self) -> None:
+        """Raise ``ValueError`` for values no extraction makes: NaN/inf, bad norms or recommendations."""
+        if not self.layers:
+            raise ValueError("it holds no layers")
+        for layer, direction in self.layers.items():
+            if not bool(torch.isfinite(direction).all()):
+                raise ValueError(f"layer {layer} holds NaN or infinite values")
+        for layer, norm in self.norms.items():
+            if not (math.isfinite(norm) and norm >= 0):
+                raise ValueError(f"the residual norm of layer {layer} is {norm}")
+        recommended = self.metadata.get("recommended_layers")
+        if recommended is not None and not (
+            isinstance(recommended, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in recommended)
+        ):
+            raise ValueError(f"recommended_layers must be a list of layer numbers, got {recommended!r:.80}")
+        strength = self.metadata.get("recommended_strength", 4.0)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+            raise ValueError(f"recommended_strength must be a finite number, got {strength!r:.80}")
 
     def check_model(
         self, fingerprint: str | None, hidden_size: int | None, source: str | None = None
@@ -273,19 +315,35 @@ class SteeringVector:
 
         path = Path(path)
         try:
-            reader = gguf.GGUFReader(path)
-        except Exception as error:
-            raise VectorFileError(f"{path.name} is not a readable GGUF file: {error}") from None
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
+        if size > MAX_FILE_BYTES:
+            raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
         layers: dict[int, torch.Tensor] = {}
-        for tensor in reader.tensors:
-            prefix, _, index = tensor.name.partition(".")
-            if prefix == "direction" and index.isdigit():
-                layers[int(index)] = torch.tensor(tensor.data.copy(), dtype=torch.float32).reshape(-1)
+        try:
+            reader = gguf.GGUFReader(path)
+            for tensor in reader.tensors:
+                prefix, _, index = tensor.name.partition(".")
+                if prefix != "direction" or not index.isdigit():
+                    continue
+                if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                    raise ValueError(f"{tensor.name} is {tensor.tensor_type.name}; control vectors are F32 or F16")
+                layers[_layer_index(index)] = torch.tensor(tensor.data.astype("float32"), dtype=torch.float32).reshape(-1)
+            del reader  # let go of the memory map
+        except Exception as error:  # gguf raises many types for a bad file
+            raise VectorFileError(f"{path.name} is not a readable GGUF file: {_short(error)}") from None
         if not layers:
             raise VectorFileError(f"{path.name} holds no 'direction.<layer>' tensors: not a control vector")
         sizes = {direction.numel() for direction in layers.values()}
         if len(sizes) != 1:
             raise VectorFileError(f"{path.name} has directions of different sizes: {sorted(sizes)}")
+        if not all(bool(torch.isfinite(direction).all()) for direction in layers.values()):
+            raise VectorFileError(f"{path.name} holds NaN or infinite values")
+        if sizes == {0}:
+            raise VectorFileError(f"{path.name} has empty directions")
         return cls(
             name=name,
             model_id=model_id,
@@ -296,6 +354,24 @@ class SteeringVector:
             method="gguf",
             metadata={"source": path.name},
         )
+
+
+def _layer_index(text: object) -> int:
+    """A layer number from a tensor name or JSON key: digits only, at most 4 of them."""
+    text = str(text)
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):
+        raise ValueError(f"{text[:20]!r} is not a layer number")
+    return int(text)
+
+
+def _hidden_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1 << 20:
+        raise ValueError(f"hidden_size must be a positive whole number, got {value!r:.40}")
+    return value
+
+
+def _short(error: BaseException) -> str:
+    return (str(error) or type(error).__name__).splitlines()[0][:200]
 
 
 def _merged_metadata(a: SteeringVector, b: SteeringVector) -> dict[str, Any]:

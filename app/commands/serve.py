@@ -1,33 +1,111 @@
-"""``python -m app serve``: load a model, start the library build in the background, serve the app."""
+"""``python -m app serve``: load a model, start the library build in the background, serve the app.
+
+Safe by default (docs/security.md): binds 127.0.0.1, no share link, a login with ``--auth``,
+limits on every request (app/limits.py), uploads capped, and Gradio serves only the files it
+made itself, with the code, the virtual environment, models and profiles blocked outright.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
+from app import REPO_ROOT
+from app import limits as limits_module
 from app.commands.common import add_model_arguments
+from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("STEERING_LAB_PORT", 7860)))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STEERING_LAB_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     parser.add_argument(
         "--auth",
         default=os.environ.get("STEERING_LAB_AUTH"),
         metavar="USER:PASS",
-        help="require a login (or set STEERING_LAB_AUTH)",
+        help="require a login (or set STEERING_LAB_AUTH); use it for a class server",
     )
     parser.add_argument("--no-build", action="store_true", help="do not build the concept library at start")
+    parser.add_argument(
+        "--lock-model",
+        action="store_true",
+        default=os.environ.get("STEERING_LAB_LOCK_MODEL") == "1",
+        help="hide the model switcher, so users cannot load another model for everyone (STEERING_LAB_LOCK_MODEL=1)",
+    )
+    limits_module.add_arguments(parser)
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """``USER:PASS`` -> ``(user, pass)``; the password may contain ``:``."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth must look like USER:PASSWORD (or set STEERING_LAB_AUTH=USER:PASSWORD)")
+    return user, password
+
+
+def gradio_temp_dir() -> Path:
+    """Where Gradio keeps uploads and the files it serves (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def blocked_paths() -> list[str]:
+    """Folders Gradio must never serve: the code, the virtual environment, models and profiles.
+
+    Gradio already serves only files it created or was told to allow (and refuses a path it
+    did not make, e.g. ``/gradio_api/file=/etc/passwd``); this blocks ours explicitly in case a
+    tab ever returns a path inside them. Other folders of the cache (vectors, results) stay
+    usable for downloads. A folder holding Gradio's own temp dir is left out.
+    """
+    temp = gradio_temp_dir()
+    folders = []
+    for folder in (
+        REPO_ROOT / ".git",
+        REPO_ROOT / ".venv",
+        REPO_ROOT / "app",
+        cache_dir() / "models",
+        cache_dir() / "profiles",
+    ):
+        folder = Path(folder).resolve()
+        if temp != folder and folder not in temp.parents:
+            folders.append(str(folder))
+    return list(dict.fromkeys(folders))
+
+
+def launch_options(args: argparse.Namespace, limits: limits_module.Limits) -> dict[str, Any]:
+    """The keyword arguments for ``Blocks.launch`` (separate so tests can check them)."""
+    auth = parse_auth(args.auth)
+    if args.host not in LOCAL_HOSTS and auth is None:
+        log.warning("serving on %s without --auth: anyone who can reach this machine can use the app", args.host)
+    if args.share and auth is None:
+        log.warning("--share without --auth: anyone with the link can use the app and its model")
+    return {
+        "server_name": args.host,
+        "server_port": args.port,
+        "share": bool(args.share),
+        "auth": auth,
+        "show_error": False,  # a gr.Error still shows its message; other exceptions show no traceback
+        "max_file_size": limits.max_upload_bytes,
+        "allowed_paths": [],
+        "blocked_paths": blocked_paths(),
+    }
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    limits = limits_module.configure(limits_module.from_args(args))
+    options = launch_options(args, limits)  # a bad --auth fails before the model loads
     from app.lab import Lab
     from app.loading import load_model
     from app.registry import availabilities
@@ -42,22 +120,13 @@ def main(args: argparse.Namespace) -> int:
     log.info("concept library: %d concepts loaded from cache", loaded)
     if not args.no_build:
         holder.lab.library.start_background_build()
-    usable = [mid for mid, a in availabilities().items() if a.status in ("cached", "embedded-set-up")]
-    demo = build_app(holder, switchable_models=usable)
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise ValueError("--auth must look like USER:PASSWORD")
-        auth = (user, password)
-    log.info("starting at http://%s:%d (%.1f s after launch)", args.host, args.port, time.monotonic() - started)
-    demo.queue(default_concurrency_limit=16, max_size=64).launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        auth=auth,
-        css=CSS,
-        show_error=False,
-        max_file_size="2mb",
+    usable = (
+        []
+        if args.lock_model
+        else [mid for mid, a in availabilities().items() if a.status in ("cached", "embedded-set-up")]
     )
+    demo = build_app(holder, switchable_models=usable)
+    log.info("limits: %s", limits)
+    log.info("starting at http://%s:%d (%.1f s after launch)", args.host, args.port, time.monotonic() - started)
+    demo.queue(default_concurrency_limit=16, max_size=limits.queue_size).launch(css=CSS, **options)
     return 0

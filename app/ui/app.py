@@ -10,6 +10,7 @@ import importlib
 
 import gradio as gr
 
+from app.ui.health import add_health_endpoint
 from app.ui.state import LabHolder, user_error
 
 TABS: list[tuple[str, str, str]] = [
@@ -44,7 +45,8 @@ def available_tabs() -> list[tuple[str, object]]:
 
 
 def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> gr.Blocks:
-    with gr.Blocks(title="Steering Lab") as demo:
+    # Files Gradio made for users (downloads, uploads) are deleted a day later, so a class server never fills its disk.
+    with gr.Blocks(title="Steering Lab", delete_cache=(3600, 86400)) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown("## 🧭 Steering Lab", scale=1)
             header = gr.Markdown(holder.header_markdown(), elem_classes="header-line", scale=4)
@@ -68,6 +70,7 @@ def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> 
                 return holder.header_markdown(), f"Loaded `{model_id}`; the concept library builds in the background."
 
             switch.click(do_switch, [choice], [header, status], api_name="switch_model", concurrency_id="model")
+        add_health_endpoint(holder)
         timer = gr.Timer(5.0)
         timer.tick(holder.header_markdown, None, header, show_progress="hidden", queue=False)
         with gr.Tabs() as tabs:
