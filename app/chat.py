@@ -46,8 +46,19 @@ def history_to_messages(history: Sequence[dict], user_text: str) -> list[Message
     """Gradio ``Chatbot`` messages (dicts with role/content) plus the new user message."""
     messages: list[Message] = []
     for item in history:
-        role, content = item.get("role"), item.get("content")
-        if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+        role, content = item.get("role"), _text(item.get("content"))
+        if role in ("user", "assistant") and content.strip():
             messages.append({"role": role, "content": content})
     messages.append({"role": "user", "content": user_text})
     return messages
+
+
+def _text(content: object) -> str:
+    """Message content as text: Gradio 6 gives a string or a list of parts like ``{"type": "text", "text": ...}``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, list):
+        return "".join(_text(part) for part in content)
+    return ""

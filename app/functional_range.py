@@ -17,7 +17,7 @@ from app.storage import atomic_write_json, cache_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FACTOR = 1.5  # ±100 ↦ ±1.5 × the recommended (clear but coherent) strength
+DEFAULT_FACTOR = 1.0  # ±100 ↦ ± the recommended strength: clear but still coherent
 
 
 def range_file(fingerprint: str, root: Path | None = None) -> Path:

@@ -78,3 +78,24 @@ def replace_layer_output(output: torch.Tensor | tuple, hidden: torch.Tensor) -> 
     if isinstance(output, torch.Tensor):
         return hidden
     return (hidden, *output[1:])
+
+
+def parse_layer_list(text: str | None, n_layers: int) -> tuple[int, ...] | None:
+    """Layers typed by a person: ``""`` -> None (the concept's recommended layers), ``"middle"``,
+    ``"12"``, ``"10,12"`` or ``"10-14"``. Every number is range-checked before a range is expanded,
+    so ``"0-10000000000"`` is an error, not a billion-element list."""
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    if text == "middle":
+        return (n_layers // 2,)
+    layers: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"cannot read layers {text!r}: write e.g. 12, or 10,12,14, or 10-14")
+        for bound in (low, high) if dash else (low,):
+            if len(bound) > 6 or not 0 <= int(bound) < n_layers:
+                raise ValueError(f"layer {bound} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
+        layers.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+    return tuple(dict.fromkeys(layers))

@@ -53,3 +53,15 @@ def test_plain_transcript_without_template(char_tokenizer):
 def test_history_skips_empty_and_unknown_roles():
     messages = history_to_messages([{"role": "user", "content": " "}, {"role": "tool", "content": "x"}], "q")
     assert messages == [{"role": "user", "content": "q"}]
+
+
+def test_history_reads_gradio_6_content_parts():
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Plan a trip"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Sure: "}, {"type": "text", "text": "Rome."}]},
+    ]
+    assert history_to_messages(history, "cheaper?") == [
+        {"role": "user", "content": "Plan a trip"},
+        {"role": "assistant", "content": "Sure: Rome."},
+        {"role": "user", "content": "cheaper?"},
+    ]

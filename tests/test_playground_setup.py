@@ -6,7 +6,8 @@ import pytest
 
 from app.concepts import load_all
 from app.engine import POSITION_MODES
-from app.ui.playground_setup import PRESETS, parse_layers
+from app.layers import parse_layer_list as parse_layers
+from app.ui.playground_setup import PRESETS
 
 
 def test_every_preset_names_existing_concepts_and_a_readable_layer_spec():

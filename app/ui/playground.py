@@ -16,8 +16,9 @@ import gradio as gr
 from app.engine import POSITION_MODES, Steer
 from app.figures_playground import message_figure, token_shift_figure
 from app.generation import GenerationRequest
+from app.layers import parse_layer_list as parse_layers
 from app.token_shift import next_token_shift, token_diff
-from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers, parse_layers
+from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
 from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
 
 log = logging.getLogger(__name__)

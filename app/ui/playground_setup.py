@@ -28,23 +28,6 @@ POSITION_HELP = (
 )
 
 
-def parse_layers(text: str, n_layers: int) -> tuple[int, ...] | None:
-    """``""`` -> None (recommended), ``"middle"``, ``"12"``, ``"10,12"`` or ``"10-14"``."""
-    text = (text or "").strip().lower()
-    if not text:
-        return None
-    if text == "middle":
-        return (n_layers // 2,)
-    layers: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"cannot read layers {text!r}: write e.g. 12, or 10,12,14, or 10-14")
-        layers.extend(range(int(low), int(high) + 1) if dash else [int(low)])
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
-    return tuple(dict.fromkeys(layers))
 
 
 def describe_steers(steers: Sequence[Steer], positions: str) -> str:
