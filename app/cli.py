@@ -59,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"command {args.command!r} is not available in this build")
     try:
         return int(module.main(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, OSError) as error:  # input and file problems: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -15,9 +16,6 @@ from app.library import VectorLibrary
 from app.loading import LoadedModel
 from app.vectors import SteeringVector
 
-_SPEC = re.compile(r"^(?P<source>.+?)(?:@(?P<layers>\d+(?:,\d+)*))?(?:=(?P<strength>[-+]?[0-9.]+(?:e[-+]?\d+)?))?$")
-
-
 @dataclass(frozen=True)
 class SteerSpec:
     """``NAME_OR_FILE[@L1,L2][=STRENGTH]`` parsed; missing parts fall back to the concept's recommendations."""
@@ -28,18 +26,28 @@ class SteerSpec:
 
 
 def parse_steer_spec(text: str) -> SteerSpec:
-    match = _SPEC.match(text.strip())
-    if not match or not match.group("source"):
-        raise ValueError(
-            f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4"
-        )
-    layers = match.group("layers")
-    strength = match.group("strength")
-    return SteerSpec(
-        source=match.group("source"),
-        layers=tuple(int(x) for x in layers.split(",")) if layers else None,
-        strength=float(strength) if strength is not None else None,
-    )
+    """Read ``NAME_OR_FILE[@L1,L2][=STRENGTH]``, saying which part is wrong."""
+    text = text.strip()
+    if Path(text).is_file():  # a file whose name holds '@' or '='
+        return SteerSpec(source=text)
+    source, equals, strength_text = text.rpartition("=") if "=" in text else (text, "", "")
+    strength = None
+    if equals:
+        try:
+            strength = float(strength_text)
+        except ValueError:
+            raise ValueError(f"strength {strength_text!r} in {text!r} is not a number (e.g. happy=4)") from None
+        if not math.isfinite(strength):
+            raise ValueError(f"strength in {text!r} must be a finite number, got {strength_text!r}")
+    source, at, layers_text = source.rpartition("@") if "@" in source else (source, "", "")
+    layers = None
+    if at:
+        if not re.fullmatch(r"\d{1,6}(,\d{1,6})*", layers_text):
+            raise ValueError(f"layers {layers_text!r} in {text!r} must be numbers separated by commas (e.g. happy@10,12)")
+        layers = tuple(int(x) for x in layers_text.split(","))
+    if not source:
+        raise ValueError(f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4")
+    return SteerSpec(source=source, layers=layers, strength=strength)
 
 
 class Lab:
