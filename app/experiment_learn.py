@@ -9,17 +9,24 @@ same seed. The user's satisfaction is how far their reply moved toward their pol
 
 where ``gain`` is E1's typical Effect change at the full functional range. A user gives thumbs up
 when ``aligned ≥ SATISFIED_AT``; otherwise thumbs down and one of the dimension's feedback phrases
-for their pole ("Can you find cheaper options?"). LEARN (``app.preferences.learn_step``) reads
-the direction from that text by embedding similarity to the *other* phrases (the one said is held
-out, so the text is new to it) and moves the value by ``step · dissatisfaction · direction``.
+for their pole ("Can you find cheaper options?"). LEARN (``app.preferences.learn_step``) moves
+the value by ``step · dissatisfaction · direction``. Two kinds of user tell it the direction:
+
+    text     LEARN reads it from the phrase by embedding similarity to the *other* phrases
+             (the one said is held out, so the text is new to it), as the paper does;
+    oracle   the user names the pole outright (a "more luxury" button): the update rule alone.
+
 Learned values start at 0 (neutral).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -27,6 +34,7 @@ from app.engine import NO_STEERING
 from app.experiment_stats import mean_ci
 from app.experiments import (
     Context,
+    _jsonable,
     load_queries,
     range_of,
     reply_effects,
@@ -39,6 +47,7 @@ from app.experiments import (
 from app.preferences import LearnState, learn_step, load_feedback_phrases, text_directions, ui_to_strength
 from app.storage import atomic_write_json
 
+READERS = ("text", "oracle")
 SATISFIED_AT = 0.5  # of E1's gain at the full range
 DEFAULT_GAIN = 0.05  # Effect units, when E1 did not run in the same session
 MIN_GAIN = 0.01
@@ -50,10 +59,20 @@ class User:
     dim: str
     hidden: float  # ±100
     index: int
+    reader: Literal["text", "oracle"] = "text"
 
     @property
     def pole(self) -> str:
         return "positive" if self.hidden > 0 else "negative"
+
+
+def measured_gains(out: Path) -> dict[str, float]:
+    """E1's gains from an earlier run into the same folder (``e1_ranges.json``), if any."""
+    try:
+        details = json.loads((out / "e1_ranges.json").read_text(encoding="utf-8"))["details"]
+        return {dim: float(d["gain_at_range"]) for dim, d in details.items() if d.get("gain_at_range") is not None}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def user_gain(measured: float | None) -> float:
@@ -63,18 +82,20 @@ def user_gain(measured: float | None) -> float:
     return max(MIN_GAIN, measured)
 
 
-def e4_users(dims: Sequence[str], per_pole: int) -> list[User]:
+def e4_users(dims: Sequence[str], per_pole: int, readers: Sequence[str] = READERS) -> list[User]:
     users = []
-    for dim in dims:
-        for hidden in (-100.0, 100.0):
-            for k in range(per_pole):
-                users.append(User(f"{dim}{'+' if hidden > 0 else '-'}{k}", dim, hidden, len(users)))
+    for reader in readers:
+        for dim in dims:
+            for hidden in (-100.0, 100.0):
+                for k in range(per_pole):
+                    name = f"{dim}{'+' if hidden > 0 else '-'}{k}-{reader}"
+                    users.append(User(name, dim, hidden, len(users), reader))
     return users
 
 
 def e4_rows(ctx: Context) -> int:
     s = ctx.sizes
-    return s.e4_rounds * (len(s.e4_dims) * 2 * s.e4_users_per_pole + 1)
+    return s.e4_rounds * (len(e4_users(s.e4_dims, s.e4_users_per_pole, s.e4_readers)) + 1)
 
 
 def held_out(phrases: Mapping[str, Mapping[str, Sequence[str]]], dim: str, pole: str, said: str) -> dict:
@@ -94,6 +115,8 @@ def user_feedback(
         return "up", "", aligned, None
     options = phrases[user.dim][user.pole]
     text = options[(round_index + user.index) % len(options)]
+    if user.reader == "oracle":
+        return "down", text, aligned, {user.dim: math.copysign(1.0, user.hidden)}
     return "down", text, aligned, text_directions(text, held_out(phrases, user.dim, user.pole, text))
 
 
@@ -101,12 +124,12 @@ def run_e4(ctx: Context) -> dict:
     from app.figures_experiments import e4_figure
 
     s, lab = ctx.sizes, ctx.lab
-    users = e4_users(s.e4_dims, s.e4_users_per_pole)
+    users = e4_users(s.e4_dims, s.e4_users_per_pole, s.e4_readers)
     phrases = load_feedback_phrases()
     missing = [u.dim for u in users if u.dim not in phrases]
     if missing:
         raise ValueError(f"no LEARN feedback phrases for {missing[0]!r} in concepts/questions/feedback_phrases.json")
-    gains = {d: user_gain(ctx.gains.get(d)) for d in s.e4_dims}
+    gains = {d: user_gain(ctx.gains.get(d, measured_gains(ctx.out).get(d))) for d in s.e4_dims}
     ranges = {d: range_of(ctx, d) for d in s.e4_dims}
     states = {u.name: LearnState(values={u.dim: 0.0}) for u in users}
     queries = load_queries()
@@ -130,6 +153,7 @@ def run_e4(ctx: Context) -> dict:
             rows.append(
                 {
                     "user": user.name,
+                    "reader": user.reader,
                     "dim": user.dim,
                     "hidden": user.hidden,
                     "round": t + 1,
@@ -146,13 +170,14 @@ def run_e4(ctx: Context) -> dict:
                     "text": texts[i],
                 }
             )
-    summary = e4_summary(rows, s.e4_rounds)
+    summary = {reader: e4_summary([r for r in rows if r["reader"] == reader], s.e4_rounds) for reader in s.e4_readers}
     write_csv(ctx.out / "e4_rounds.csv", rows)
     atomic_write_json(
-        ctx.out / "e4_summary.json", {"gains": gains, "ranges": ranges, "satisfied_at": SATISFIED_AT, **summary}
+        ctx.out / "e4_summary.json",
+        _jsonable({"gains": gains, "ranges": ranges, "satisfied_at": SATISFIED_AT, "by_reader": summary}),
     )
     write_figure(e4_figure(rows), ctx.out / "e4_learning.html")
-    return {"gains": gains, **summary}
+    return {"gains": gains, "by_reader": summary}
 
 
 def e4_summary(rows: Sequence[Mapping], rounds: int) -> dict:

@@ -60,6 +60,7 @@ class Sizes:
     e4_dims: tuple[str, ...] = ("cost", "age", "culture")
     e4_rounds: int = 12
     e4_users_per_pole: int = 1
+    e4_readers: tuple[str, ...] = ("text", "oracle")  # how LEARN gets the direction (app.experiment_learn)
     e4_max_new_tokens: int = 64
     max_new_tokens: int = 100
     batch_size: int = 32

@@ -116,7 +116,8 @@ def e3_figure(summary: Sequence[Mapping], first: str, second: str) -> go.Figure:
 
 
 def e4_figure(rows: Sequence[Mapping]) -> go.Figure:
-    """Learned value per round for every simulated user (green: hidden +100, red: hidden −100)."""
+    """Learned value per round for every simulated user (green: hidden +100, red: hidden −100;
+    solid: LEARN reads the direction from the feedback text, dotted: the user names the pole)."""
     figure = go.Figure()
     for user in dict.fromkeys(r["user"] for r in rows):
         mine = sorted((r for r in rows if r["user"] == user), key=lambda r: r["round"])
@@ -127,7 +128,11 @@ def e4_figure(rows: Sequence[Mapping]) -> go.Figure:
                 y=[mine[0]["value"]] + [r["value_next"] for r in mine],
                 mode="lines+markers",
                 name=user,
-                line={"color": "#2ca02c" if hidden > 0 else "#e4572e", "width": 1},
+                line={
+                    "color": "#2ca02c" if hidden > 0 else "#e4572e",
+                    "width": 1,
+                    "dash": "dot" if mine[0].get("reader") == "oracle" else "solid",
+                },
                 text=[""] + [r["thumbs"] for r in mine],
                 hovertemplate="%{y:.0f} (%{text})",
             )

@@ -171,6 +171,14 @@ def test_simulated_user_likes_replies_that_moved_toward_its_pole():
     assert user_gain(None) == user_gain(math.nan) == 0.05 and user_gain(0.001) == 0.01
 
 
+def test_an_oracle_user_names_the_pole_outright():
+    luxury = User("cost+0-oracle", "cost", 100.0, 3, "oracle")
+    phrases = {"cost": {"positive": ["Something fancier."], "negative": ["Cheaper."]}}
+    thumbs, text, aligned, directions = user_feedback(luxury, moved=-0.02, gain=0.1, round_index=5, phrases=phrases)
+    assert (thumbs, text, directions) == ("down", "Something fancier.", {"cost": 1.0})
+    assert aligned == pytest.approx(-0.2)
+
+
 def test_feedback_text_is_held_out_from_the_phrases_learn_reads():
     phrases = {"cost": {"positive": ["more", "fancier"], "negative": ["cheaper"]}}
     table = held_out(phrases, "cost", "positive", "more")
@@ -319,7 +327,11 @@ def test_quick_run_writes_every_table_with_finite_numbers(quick_run):
     e1 = _read(out / "e1_summary.csv")
     assert {r["dim"] for r in e1} == {"cost", "age", "culture"}
     assert all(float(r["ppl_ratio"]) == 1.0 for r in e1 if float(r["strength"]) == 0)
-    assert len(_read(out / "e4_rounds.csv")) == 3 * 4  # 3 rounds x 2 dims x 2 hidden poles
+    e4 = _read(out / "e4_rounds.csv")
+    assert len(e4) == 3 * 8  # 3 rounds x 2 dims x 2 hidden poles x 2 readers (text, oracle)
+    assert {r["reader"] for r in e4} == {"text", "oracle"}
+    summary = json.loads((out / "e4_summary.json").read_text())
+    assert set(summary["by_reader"]) == {"text", "oracle"}
 
 
 @pytest.mark.slow
