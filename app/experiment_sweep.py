@@ -102,7 +102,8 @@ def run_e1(ctx: Context) -> dict:
     write_csv(ctx.out / "e1_replies.csv", rows)
     write_csv(ctx.out / "e1_summary.csv", summary)
     atomic_write_json(ctx.out / "e1_ranges.json", {"saved_to": str(saved), "ranges": ranges, "details": details})
-    write_figure(e1_figure(summary, ranges), ctx.out / "e1_strength_sweep.html")
+    limit = s.max_ppl_ratio * reading.yardstick_ppl  # the baseline, and so the yardstick, is shared
+    write_figure(e1_figure(summary, ranges, limit), ctx.out / "e1_strength_sweep.html")
     return {"ranges": ranges, "details": details}
 
 

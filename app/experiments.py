@@ -188,6 +188,19 @@ def _cell(value):
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by :func:`write_csv`, with numbers back as floats (``nan``/``inf`` included)."""
+
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
 def write_figure(figure, path: Path) -> Path:
     """A standalone HTML page loading plotly.js from its CDN (keeps the file small)."""
     return atomic_write(path, lambda tmp: figure.write_html(tmp, include_plotlyjs="cdn", full_html=True))
@@ -240,6 +253,40 @@ def run(lab, which: Sequence[str], out: str | Path, sizes: Sizes, progress: Prog
     atomic_write_json(out / "results.json", _jsonable(results))
     ctx.progress(1.0, f"done in {results['seconds']['total']:.0f} s: {out}")
     return results
+
+
+def render_figures(out: str | Path) -> list[Path]:
+    """Redraw the HTML figures of every experiment whose tables are in ``out`` (no model needed)."""
+    import json
+
+    from app import figures_experiments as figures
+    from app.concepts import resolve
+
+    out = Path(out)
+    written = []
+    if (out / "e1_summary.csv").is_file():
+        ranges = json.loads((out / "e1_ranges.json").read_text(encoding="utf-8"))
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        ratio = results["sizes"].get("max_ppl_ratio", 2.0)
+        yardstick = next(iter(ranges["details"].values()), {}).get("yardstick_ppl")
+        limit = ratio * yardstick if yardstick else None
+        figure = figures.e1_figure(read_csv(out / "e1_summary.csv"), ranges["ranges"], limit)
+        written.append(write_figure(figure, out / "e1_strength_sweep.html"))
+    if (out / "e2_summary.csv").is_file():
+        summary = read_csv(out / "e2_summary.csv")
+        dim = read_csv(out / "e2_replies.csv")[0]["dim"]
+        figure = figures.e2_figure(summary, dim, resolve(dim).labels)
+        written.append(write_figure(figure, out / "e2_prompting_steering.html"))
+    if (out / "e3_summary.csv").is_file():
+        from app.experiment_conditions import E3_DIMS
+
+        figure = figures.e3_figure(read_csv(out / "e3_summary.csv"), *E3_DIMS)
+        written.append(write_figure(figure, out / "e3_two_dimensions.html"))
+    if (out / "e4_rounds.csv").is_file():
+        written.append(write_figure(figures.e4_figure(read_csv(out / "e4_rounds.csv")), out / "e4_learning.html"))
+    if not written:
+        raise ValueError(f"no experiment tables in {out}: run `python -m app experiments all --out {out}` first")
+    return written
 
 
 def _jsonable(value):

@@ -20,19 +20,20 @@ def _error(rows: Sequence[Mapping], column: str, suffix: str = "_mean") -> dict:
     return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "thickness": 1}
 
 
-def e1_figure(summary: Sequence[Mapping], ranges: Mapping[str, float]) -> go.Figure:
-    """Effect, perplexity ratio and PNE against strength, one line per dimension (95% CIs).
+def e1_figure(summary: Sequence[Mapping], ranges: Mapping[str, float], ppl_limit: float | None = None) -> go.Figure:
+    """Effect, median perplexity and PNE against strength, one line per dimension (95% CIs).
 
     Args:
-        summary: rows with ``dim, strength, effect_mean/_lo/_hi, ppl_median, ppl_ratio, pne_mean/_lo/_hi``.
-        ranges: the functional range read for each dimension (dotted marks at ±range).
+        summary: rows with ``dim, strength, effect_mean/_lo/_hi, ppl_median/_lo/_hi, pne_mean/_lo/_hi``.
+        ranges: the functional range read for each dimension (in the legend).
+        ppl_limit: the perplexity where the functional range ends (a dotted line).
     """
     figure = make_subplots(
         rows=3,
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.06,
-        subplot_titles=("Effect (toward the positive pole)", "PPL / unsteered PPL (medians)", "PNE"),
+        subplot_titles=("Effect (toward the positive pole)", "median PPL under the unsteered model", "PNE"),
     )
     dims = list(dict.fromkeys(r["dim"] for r in summary))
     for i, dim in enumerate(dims):
@@ -44,7 +45,7 @@ def e1_figure(summary: Sequence[Mapping], ranges: Mapping[str, float]) -> go.Fig
         figure.add_trace(
             go.Scatter(y=[r["effect_mean"] for r in mine], error_y=_error(mine, "effect"), name=name, **common), 1, 1
         )
-        figure.add_trace(go.Scatter(y=[r["ppl_ratio"] for r in mine], name=dim, showlegend=False, **common), 2, 1)
+        figure.add_trace(go.Scatter(y=[r["ppl_median"] for r in mine], name=dim, showlegend=False, **common), 2, 1)
         figure.add_trace(
             go.Scatter(
                 y=[r["pne_mean"] for r in mine], error_y=_error(mine, "pne"), name=dim, showlegend=False, **common
@@ -52,7 +53,8 @@ def e1_figure(summary: Sequence[Mapping], ranges: Mapping[str, float]) -> go.Fig
             3,
             1,
         )
-    figure.add_hline(y=2.0, line_dash="dot", line_color="#999999", row=2, col=1)
+    if ppl_limit is not None:
+        figure.add_hline(y=ppl_limit, line_dash="dot", line_color="#999999", row=2, col=1)
     figure.update_yaxes(type="log", row=2, col=1)
     figure.update_xaxes(title_text="steering strength (normalized units)", row=3, col=1)
     figure.update_layout(title="E1: strength sweep per preference dimension", height=800, template="plotly_white")
@@ -142,6 +144,7 @@ def e4_figure(rows: Sequence[Mapping]) -> go.Figure:
     figure.update_layout(
         title="E4: LEARN with a simulated user (hidden preference ±100)",
         xaxis_title="round",
+        xaxis_dtick=1,
         yaxis_title="learned value (UI units)",
         yaxis_range=[-105, 105],
         template="plotly_white",

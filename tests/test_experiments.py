@@ -17,7 +17,7 @@ from app.experiment_conditions import e3_findings, hinted
 from app.experiment_learn import User, e4_summary, held_out, user_feedback, user_gain
 from app.experiment_stats import bootstrap_ci, ks_table, ks_test, mean_ci, read_functional_range, summarize
 from app.experiment_sweep import linearity
-from app.experiments import _jsonable, pick_queries
+from app.experiments import _jsonable, pick_queries, read_csv, render_figures, write_csv
 from app.figures_experiments import e1_figure, e2_figure, e3_figure, e4_figure
 
 # --- the functional range -------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_figures_from_synthetic_results():
             "effect_mean": 0.01 * s,
             "effect_lo": 0.01 * s - 0.01,
             "effect_hi": math.inf,
-            "ppl_ratio": 1 + abs(s) / 4,
+            "ppl_median": 4 + abs(s),
             "pne_mean": 0.0,
             "pne_lo": -0.01,
             "pne_hi": 0.01,
@@ -240,8 +240,9 @@ def test_figures_from_synthetic_results():
         for d in ("cost", "age")
         for s in (-2, 0, 2)
     ]
-    figure = e1_figure(e1, {"cost": 2.0})
+    figure = e1_figure(e1, {"cost": 2.0}, ppl_limit=20.0)
     assert isinstance(figure, go.Figure) and len(figure.data) == 6
+    assert list(figure.data[1].y) == [6, 4, 6] and figure.layout.shapes[0].y0 == 20.0
     assert figure.data[0].name == "cost (range ±2)" and list(figure.data[0].x) == [-2, 0, 2]
     e2 = [
         {"hint": h, "strength": s, "effect_mean": 0.0, "effect_lo": -0.1, "effect_hi": 0.1}
@@ -258,6 +259,17 @@ def test_figures_from_synthetic_results():
     assert len(heat.data) == 3 and heat.data[0].z[2][1] == 1  # culture +1, age 0
     trajectories = e4_figure(_e4_rows())
     assert len(trajectories.data) == 2 and list(trajectories.data[0].y) == [0, 25, 50, 75]
+
+
+def test_tables_round_trip_and_figures_redraw_from_them(tmp_path):
+    with pytest.raises(ValueError, match="no experiment tables"):
+        render_figures(tmp_path)
+    rows = [{**r, "reader": "text", "text": 'a, "quoted" reply'} for r in _e4_rows()]
+    write_csv(tmp_path / "e4_rounds.csv", rows)
+    back = read_csv(tmp_path / "e4_rounds.csv")
+    assert back[1]["value_next"] == 50.0 and back[0]["text"] == 'a, "quoted" reply'
+    assert [p.name for p in render_figures(tmp_path)] == ["e4_learning.html"]
+    assert "plotly" in (tmp_path / "e4_learning.html").read_text()
 
 
 # --- the whole thing on a real model (slow) ------------------------------------------------------
@@ -327,6 +339,7 @@ def test_quick_run_writes_every_table_with_finite_numbers(quick_run):
     e1 = _read(out / "e1_summary.csv")
     assert {r["dim"] for r in e1} == {"cost", "age", "culture"}
     assert all(float(r["ppl_ratio"]) == 1.0 for r in e1 if float(r["strength"]) == 0)
+    assert len(render_figures(out)) == 4
     e4 = _read(out / "e4_rounds.csv")
     assert len(e4) == 3 * 8  # 3 rounds x 2 dims x 2 hidden poles x 2 readers (text, oracle)
     assert {r["reader"] for r in e4} == {"text", "oracle"}

@@ -10,7 +10,11 @@ from app.commands.common import add_model_arguments, open_lab, stderr_progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", choices=("e1", "e2", "e3", "e4", "all"), help="which experiment (all: E1 to E4)")
+    parser.add_argument(
+        "which",
+        choices=("e1", "e2", "e3", "e4", "all", "figures"),
+        help="which experiment (all: E1 to E4; figures: redraw the figures from the tables in --out)",
+    )
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for the CSV/JSON results and HTML figures")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a few minutes on SmolLM2): a smoke test")
@@ -22,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.experiments import FULL, QUICK, run
+    from app.experiments import FULL, QUICK, render_figures, run
 
+    if args.which == "figures":
+        for path in render_figures(args.out):
+            print(path)
+        return 0
     sizes = QUICK if args.quick else FULL
     if args.queries is not None:
         sizes = replace(sizes, queries=args.queries, e2_queries=2 * args.queries, e3_queries=args.queries)
