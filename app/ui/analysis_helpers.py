@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import gradio as gr
 
 from app.generation import GenerationRequest, GenerationResult
+from app.layers import parse_layer_list
 from app.limits import current as current_limits
 from app.ui.state import LabHolder
 from app.vectors import SteeringVector
@@ -39,21 +40,7 @@ def default_concept(choices: Sequence[tuple[str, str]], preferred: str = "happy"
 
 def parse_layers(text: str | None, n_layers: int) -> tuple[int, ...] | None:
     """``""`` -> None (the concept's recommended layers); ``"12"``, ``"10,12"``, ``"10-14"``, ``"middle"``."""
-    text = (text or "").strip().lower()
-    if not text:
-        return None
-    if text == "middle":
-        return (n_layers // 2,)
-    layers: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"cannot read layers {text!r}: write e.g. 12, or 10,12,14, or 10-14")
-        layers.extend(range(int(low), int(high) + 1) if dash else [int(low)])
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
-    return tuple(dict.fromkeys(layers))
+    return parse_layer_list(text, n_layers)
 
 
 def parse_strength(text: str | float | None) -> float | None:
@@ -116,6 +103,11 @@ def references_for(holder: LabHolder, name: str) -> tuple[tuple[tuple[str, ...],
         return (tuple(concept.positive), tuple(concept.negative)), note
 
 
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
 def show_token(text: str) -> str:
-    """A token for a table cell: spaces and newlines visible."""
-    return text.replace(" ", "␣").replace("\n", "↵") if text else "∅"
+    """A token for a table cell: spaces, newlines and other invisible characters made visible."""
+    if not text:
+        return "∅"
+    return "".join(_VISIBLE.get(c) or (c if c.isprintable() and not c.isspace() else f"\\u{ord(c):04x}") for c in text)

@@ -1,0 +1,81 @@
+"""The pure parts of the explorer, visualizer and advanced tabs: lessons, tables, input parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.analysis import LayerView
+from app.ui.advanced import _every, _widths
+from app.ui.analysis_helpers import parse_layers, parse_strength, show_token
+from app.ui.explorer import LESSONS_DIR, lens_table, load_lessons
+
+
+def test_every_lesson_loads_in_order_with_its_title():
+    lessons = load_lessons()
+    files = sorted(LESSONS_DIR.glob("[0-9][0-9]-*.md"))
+    assert [lesson.number for lesson in lessons] == [f.name[:2] for f in files]
+    assert lessons[0].title == "What Is a Layer?"
+    assert all(lesson.text.startswith("# ") for lesson in lessons)
+
+
+def test_lessons_without_a_heading_use_the_file_name(tmp_path):
+    (tmp_path / "02-second.md").write_text("no heading here")
+    (tmp_path / "01-first.md").write_text("# First\n\ntext")
+    (tmp_path / "README.md").write_text("# not a lesson")
+    lessons = load_lessons(tmp_path)
+    assert [(lesson.number, lesson.title) for lesson in lessons] == [("01", "First"), ("02", "02-second")]
+
+
+def test_lens_table_one_row_per_layer_with_visible_spaces():
+    view = LayerView(
+        tokens=["a"],
+        norms=np.ones((2, 1)),
+        lens_tokens=[[" Paris", "\n"], ["x", ""]],
+        lens_probs=np.array([[0.5, 0.25], [0.9, 0.01]]),
+    )
+    table = lens_table(view)
+    assert list(table.columns) == ["layer", "top 1", "top 2"]
+    assert table.values.tolist() == [[0, "␣Paris  50%", "↵  25%"], [1, "x  90%", "∅  1%"]]
+    assert show_token("a b") == "a␣b"
+    assert show_token("\xa0") == "\\u00a0"  # an invisible character is named, not left blank
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("  ", None), ("12", (12,)), ("10, 12", (10, 12)), ("10-12", (10, 11, 12)), ("middle", (15,))],
+)
+def test_parse_layers(text, expected):
+    assert parse_layers(text, 30) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("30", "out of range"), ("a", "cannot read"), ("3-", "cannot read"), ("0-10000000000", "out of range")],
+)
+def test_parse_layers_errors_name_the_problem(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_layers(text, 30)
+
+
+def test_parse_strength():
+    assert parse_strength("") is None and parse_strength(None) is None
+    assert parse_strength(" -2.5 ") == -2.5 and parse_strength("0") == 0.0
+    with pytest.raises(ValueError, match="cannot read strength"):
+        parse_strength("strong")
+    with pytest.raises(ValueError, match="finite"):
+        parse_strength("inf")
+
+
+def test_sweep_wording_and_table_widths():
+    assert [_every(k) for k in (1, 2, 3, 4, 11, 21)] == [
+        "every layer",
+        "every 2nd layer",
+        "every 3rd layer",
+        "every 4th layer",
+        "every 11th layer",
+        "every 21st layer",
+    ]
+    for n_scores in (1, 2, 3):
+        widths = _widths(n_scores)
+        assert sum(int(w.rstrip("%")) for w in widths) == 100 and len(widths) == n_scores + 2
