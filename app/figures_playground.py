@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app.figures import message_figure  # noqa: F401 - one empty-state figure for every tab
+
 BASELINE_COLOR = "#8c8c8c"
 STEERED_COLOR = "#e4572e"
 FONT = dict(size=13)
@@ -24,20 +26,6 @@ def show_token(text: str) -> str:
     if not shown.strip():
         return "␣" * len(shown)
     return shown
-
-
-def message_figure(message: str, height: int = 260) -> go.Figure:
-    """A figure with no axes that only says ``message`` (instead of an empty plot)."""
-    figure = go.Figure()
-    figure.add_annotation(
-        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=15, color="#555")
-    )
-    figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False)
-    figure.update_layout(
-        height=height, margin=dict(l=20, r=20, t=20, b=20), plot_bgcolor="white", paper_bgcolor="white"
-    )
-    return figure
 
 
 def token_shift_figure(
