@@ -48,7 +48,7 @@ def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> 
     # Files Gradio made for users (downloads, uploads) are deleted a day later, so a class server never fills its disk.
     with gr.Blocks(title="Steering Lab", delete_cache=(3600, 86400)) as demo:
         with gr.Row(equal_height=True):
-            gr.Markdown("## 🧭 Steering Lab", scale=1)
+            gr.Markdown("## Steering Lab", scale=1)
             header = gr.Markdown(holder.header_markdown(), elem_classes="header-line", scale=4)
         if switchable_models and holder.loader is not None:
             with gr.Accordion("Switch model", open=False):
