@@ -272,9 +272,11 @@ class ConceptMap:
 def pca_2d(points: np.ndarray) -> np.ndarray:
     """First two principal coordinates ``[n, 2]``, signs fixed so reruns draw the same picture."""
     centered = points - points.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
     axes = np.zeros((2, points.shape[1]))
-    axes[: min(2, len(vt))] = vt[:2]
+    # n points span at most n - 1 directions; an axis along rounding noise is drawn as 0, not 1e-15
+    real = [i for i in range(min(2, len(vt))) if singular[i] > 1e-9 * max(singular[0], 1e-300)]
+    axes[real] = vt[real]
     for axis in axes:  # a principal axis' sign is arbitrary: point its largest entry up
         if axis[np.argmax(np.abs(axis))] < 0:
             axis *= -1

@@ -316,6 +316,7 @@ def sweep_figure(
     figure.update_yaxes(
         title_text="perplexity (log; lower = more fluent)",
         type="log",
+        dtick="D2",  # labels at 1, 2 and 5 per decade, not at every digit
         tickformat=".3~g",
         secondary_y=True,
         showgrid=False,

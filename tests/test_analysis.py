@@ -153,7 +153,9 @@ def test_pca_is_repeatable_and_sign_fixed():
     assert np.allclose(np.abs(analysis.pca_2d(-points)), np.abs(flipped))
     line = np.outer(np.arange(4.0), np.ones(3))  # all variance on one axis
     coords = analysis.pca_2d(line)
-    assert np.allclose(coords[:, 1], 0)
+    assert np.array_equal(coords[:, 1], np.zeros(4))  # exactly 0, not rounding noise drawn as ±1e-15
+    two = analysis.pca_2d(np.random.default_rng(2).normal(size=(2, 5)))
+    assert np.array_equal(two[:, 1], np.zeros(2)) and two[0, 0] == pytest.approx(-two[1, 0]) and two[0, 0] != 0
 
 
 @pytest.mark.slow

@@ -154,9 +154,7 @@ def build_visualizer_tab(holder: LabHolder) -> None:
         except Exception as error:
             log.warning("concept map failed: %s", error)
             raise gr.Error(user_error(error)) from None
-        status = f"{cmap.method.upper()} of {len(cmap.labels)} points at layer {at_layer}."
-        if cmap.note:
-            status += f" {cmap.note}."
+        status = f"{cmap.method.upper()} of {len(cmap.labels)} points at layer {at_layer}."  # the note is on the map
         figure = concept_map_figure(cmap.coords, cmap.labels, cmap.groups, title, cmap.method, cmap.note, text_labels)
         return status, figure
 
