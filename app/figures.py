@@ -317,7 +317,7 @@ def sweep_figure(
         title_text="perplexity (log; lower = more fluent)",
         type="log",
         dtick="D2",  # labels at 1, 2 and 5 per decade, not at every digit
-        tickformat=".3~g",
+        tickformat="~s",  # 2k, not 2e+3
         secondary_y=True,
         showgrid=False,
     )

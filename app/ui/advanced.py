@@ -15,7 +15,16 @@ import time
 import gradio as gr
 import pandas as pd
 
-from app.analysis import STRENGTH_MULTIPLES, Sweep, concept_mix, layer_sweep, score_sweep, strength_sweep, sweep_layers
+from app.analysis import (
+    STRENGTH_MULTIPLES,
+    Sweep,
+    concept_mix,
+    layer_sweep,
+    run_sweep,
+    score_sweep,
+    strength_sweep,
+    sweep_layers,
+)
 from app.figures import message_figure, mix_figure, sweep_figure
 from app.generation import GenerationRequest
 from app.ui.analysis_helpers import (
@@ -75,9 +84,7 @@ def _number(value: float | None, digits: int) -> float | None:
 def _run(holder: LabHolder, sweep: Sweep, references: dict, score: bool, progress, what: str) -> Sweep:
     """Generate every row in one batch and (optionally) score them (a scoring failure only warns)."""
     lab = holder.lab
-    results = generate_rows(holder, sweep.requests, progress, what)
-    sweep.texts = [r.text for r in results]
-    sweep.token_ids = [list(r.token_ids) for r in results]
+    run_sweep(sweep, lambda requests: generate_rows(holder, requests, progress, what))
     if not score:
         return sweep
     progress(0.95, desc="scoring: Effect and perplexity")
@@ -179,7 +186,9 @@ def build_advanced_tab(holder: LabHolder) -> None:
                 column_widths=_widths(2),
                 elem_id="st-table",
             )
-            st_plot = gr.Plot(message_figure("Run the explorer to see effect and fluency per strength."))
+            st_plot = gr.Plot(
+                message_figure("Run the explorer to see effect and fluency per strength."), elem_id="st-plot"
+            )
 
         with gr.Tab("Concept mixing", id="concept-mixing"):
             gr.Markdown(
@@ -209,7 +218,7 @@ def build_advanced_tab(holder: LabHolder) -> None:
             mx_table = gr.Dataframe(
                 _empty("steering"), label="Outputs", wrap=True, column_widths=_widths(2, 20), elem_id="mx-table"
             )
-            mx_plot = gr.Plot(message_figure("Mix concepts to compare the outputs' effects."))
+            mx_plot = gr.Plot(message_figure("Mix concepts to compare the outputs' effects."), elem_id="mx-plot")
 
     def run_layer_sweep(name, strength, step, prompt, chat, tokens, temperature, seed, score, progress=gr.Progress()):
         started = time.perf_counter()

@@ -85,6 +85,33 @@ def test_layer_sweep_produces_a_table_and_a_plot(page, artifacts):
     assert_clean(page)
 
 
+def test_strength_explorer_and_concept_mixing(page, artifacts):
+    open_tab(page, "Advanced Experiments")
+    page.get_by_role("tab", name="Strength explorer").click()
+    set_number(page, "st-tokens", 10)
+    page.locator("#st-run").click()
+    page.locator("#st-status").get_by_text("rows in one batch").wait_for(timeout=SLOW_MS)
+    table = page.locator("#st-table")
+    assert table.locator("[role=grid]").get_attribute("aria-rowcount") == "9"  # header + baseline + 7 multiples
+    assert "0.5×" in table.inner_text() and "baseline" in table.inner_text()
+    assert "strength" in plot_text(page, "st-plot", "Effect")
+    shot(page, artifacts, "lab_strength_explorer")
+    assert_clean(page)
+
+    page.get_by_role("tab", name="Concept mixing").click()
+    set_number(page, "mx-tokens", 10)
+    page.locator("#mx-run").click()
+    page.locator("#mx-status").get_by_text("rows in one batch").wait_for(timeout=SLOW_MS)
+    table = page.locator("#mx-table")
+    assert table.locator("[role=grid]").get_attribute("aria-rowcount") == "5"  # header + baseline, 2 alone, mix
+    header = table.locator("thead").inner_text()
+    assert "Effect (happy)" in header and "Effect (formal)" in header
+    assert "happy ×4 + formal ×4" in table.inner_text()
+    assert "Effect on formal" in plot_text(page, "mx-plot", "Effect of each output")
+    shot(page, artifacts, "lab_concept_mixing")
+    assert_clean(page)
+
+
 def test_concept_maps_of_examples_and_of_the_library(page, artifacts):
     open_tab(page, "Activation Visualizer")
     page.locator("#vz-map-kind").get_by_label("One concept's example sentences").check()
