@@ -130,7 +130,8 @@ class _ActiveHooks:
 
 
 class SteeringEngine:
-    """Steers one model. Use :meth:`steer` as a context manager; hold :attr:`lock` around model use."""
+    """Steers one model. Use :meth:`steer` as a context manager: it holds :attr:`lock` (re-entrant)
+    for the whole block, so other threads' forward passes wait instead of passing through its hooks."""
 
     def __init__(self, model: nn.Module, layer_path: str | None = None) -> None:
         self.model = model
@@ -185,6 +186,7 @@ class SteeringEngine:
             gate = _PositionGate([row.positions for row in rows], list(prompt_lengths) if prompt_lengths else None, dtype)
 
         block = _ActiveHooks(owner=", ".join(sorted({s.vector.name for r in rows for s in r.steers})) or "none")
+        self.lock.acquire()  # hooks are global to the model: no one else's forward pass may see them
         try:
             if gate is not None:
                 block.handles.append(
@@ -194,6 +196,7 @@ class SteeringEngine:
                 block.handles.append(self.layers[layer].register_forward_hook(_make_add_hook(stacked[layer], gate)))
         except BaseException:
             _remove(block)
+            self.lock.release()
             raise
         self._active.append(block)
         try:
@@ -201,6 +204,7 @@ class SteeringEngine:
         finally:
             _remove(block)
             self._active.remove(block)
+            self.lock.release()
 
 
 def _remove(block: _ActiveHooks) -> None:
