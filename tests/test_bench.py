@@ -1,0 +1,117 @@
+"""The benchmark command runs end to end and reports every metric with finite numbers.
+
+Speed is what the command measures, not what tests assert: this runs ``bench --quick`` on a tiny
+random-weight model saved to a folder (no download), with two small concepts, and checks the
+shape of the JSON. Targets may pass or fail here; the numbers only have to exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from app.bench import Metric, interleaved
+from tests.conftest import make_char_tokenizer, make_tiny_model
+from tests.test_extraction import NEG, POS
+
+EXPECTED = {
+    "cold_start_serve",
+    "library_build",
+    "library_build_vs_extraction_forwards",
+    "prefill_tokens_per_s",
+    "library_load_cached",
+    "steering_overhead_one_layer",
+    "steering_overhead_all_layers_3_concepts",
+    "side_by_side_batched",
+    "side_by_side_sequential",
+    "layer_sweep_batched",
+    "concurrent_users_8",
+    "concurrent_outputs_identical",
+    "steering_memory_one_layer",
+    "steering_memory_all_layers_3_concepts",
+    "steering_memory_layer_sweep",
+    "rss",
+    *(
+        f"{lib}_{what}"
+        for lib in ("steering_vectors", "repeng")
+        for what in ("steered_tokens_per_s", "side_by_side", "layer_sweep")
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model("llama").save_pretrained(folder)
+    make_char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def concept_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("concepts")
+    for name, positive, negative in (("happy", POS, NEG), ("sad", NEG, POS)):
+        concept = {"name": name, "description": name, "category": "emotion", "positive": positive, "negative": negative}
+        (folder / f"{name}.json").write_text(json.dumps(concept))
+    return folder
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow  # starts `serve` in a subprocess and runs every measurement: about a minute
+def test_quick_bench_reports_every_metric_with_finite_numbers(
+    tiny_model_dir, concept_dir, capsys, monkeypatch, tmp_path
+):
+    from app.cli import main
+
+    monkeypatch.setenv("STEERING_LAB_CACHE", str(tmp_path / "cache"))  # nothing written to the real cache
+    argv = [
+        "bench",
+        "--model",
+        str(tiny_model_dir),
+        "--concepts",
+        str(concept_dir),
+        "--quick",
+        "--json",
+        "--new-tokens",
+        "4",
+    ]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    metrics = report["metrics"]
+    assert set(metrics) == EXPECTED
+    for name, metric in metrics.items():
+        assert _finite(metric["ours"]), f"{name}: ours is {metric['ours']!r}"
+        assert metric["ours"] >= 0, name
+        if metric["reference"] is None:
+            # only a reference library that cannot run here may leave its figure out, and it says why
+            assert name.startswith(("steering_vectors_", "repeng_", "prefill_", "library_load", "cold_start", "rss")), (
+                name
+            )
+            if name.startswith(("steering_vectors_", "repeng_")):
+                assert "usable" in metric["note"] or "failed" in metric["note"], metric["note"]
+        else:
+            assert _finite(metric["reference"]) and metric["reference"] > 0, name
+            assert _finite(metric["ratio"]), name
+        if metric["target"]:
+            assert metric["passed"] in (True, False), name
+    assert metrics["concurrent_outputs_identical"]["reference"] == 8
+    assert report["machine"]["torch_threads"] >= 1 and report["settings"]["new_tokens"] == 4
+
+
+def test_metric_checks_its_target_on_the_ratio_or_the_value():
+    assert Metric("a", 0.98, "tok/s", 1.0, target=">= 0.97").check().passed is True
+    assert Metric("b", 2.0, "s", 1.0, target="<= 1.3").check().passed is False
+    assert Metric("c", 0.5, "s", target="<= 1").check().passed is True  # no reference: the value itself
+    assert Metric("d", 3.0, "s").check().passed is None
+
+
+def test_interleaved_rotates_the_order_each_round():
+    calls: list[str] = []
+    interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")}, 3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
