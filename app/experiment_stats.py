@@ -116,9 +116,9 @@ def ks_table(samples: Mapping[Hashable, Sequence[float]], pairs: Sequence[tuple[
 # --- the functional range, read off an E1 sweep --------------------------------------------
 
 MAX_PPL_RATIO = 2.0
-# A sampled on-topic reply from our small models has PPL of about 3-8 under the same model, but an
-# unsteered reply can be a near-certain refusal (PPL about 1.4 on qwen2.5-coder): never judge
-# fluency against less than this.
+# Replies sampled at temperature 0.7 are very predictable to the model that sampled them (PPL about
+# 2-3 on qwen2.5-coder-0.5b, a refusal about 1.4), while fluent steered text on a new topic reaches
+# 5-20: never judge fluency against less than this.
 MIN_YARDSTICK_PPL = 10.0
 EFFECT_TOLERANCE = 0.01  # Effect units; the paper's effects are about 0.05–0.15
 

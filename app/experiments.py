@@ -45,7 +45,7 @@ class Sizes:
     """How much each experiment generates; written into the results so n is on record.
 
     The defaults fit ``all`` on qwen2.5-coder-0.5b-instruct into about 45 minutes on two shared
-    CPU cores (about 300 replies): small samples, so every number comes with its interval.
+    CPU cores (about 370 replies): small samples, so every number comes with its interval.
     """
 
     dims: tuple[str, ...] = DIMENSIONS

@@ -53,8 +53,19 @@ def e1_figure(summary: Sequence[Mapping], ranges: Mapping[str, float], ppl_limit
             3,
             1,
         )
-    if ppl_limit is not None:
-        figure.add_hline(y=ppl_limit, line_dash="dot", line_color="#999999", row=2, col=1)
+    if ppl_limit is not None:  # a trace, not add_hline: shapes on a log axis take log10 values
+        xs = [r["strength"] for r in summary]
+        figure.add_trace(
+            go.Scatter(
+                x=[min(xs), max(xs)],
+                y=[ppl_limit, ppl_limit],
+                mode="lines",
+                line={"dash": "dot", "color": "#999999"},
+                name=f"end of the functional range (PPL {ppl_limit:.3g})",
+            ),
+            2,
+            1,
+        )
     figure.update_yaxes(type="log", row=2, col=1)
     figure.update_xaxes(title_text="steering strength (normalized units)", row=3, col=1)
     figure.update_layout(title="E1: strength sweep per preference dimension", height=800, template="plotly_white")

@@ -241,8 +241,8 @@ def test_figures_from_synthetic_results():
         for s in (-2, 0, 2)
     ]
     figure = e1_figure(e1, {"cost": 2.0}, ppl_limit=20.0)
-    assert isinstance(figure, go.Figure) and len(figure.data) == 6
-    assert list(figure.data[1].y) == [6, 4, 6] and figure.layout.shapes[0].y0 == 20.0
+    assert isinstance(figure, go.Figure) and len(figure.data) == 7
+    assert list(figure.data[1].y) == [6, 4, 6] and list(figure.data[6].y) == [20.0, 20.0]
     assert figure.data[0].name == "cost (range ±2)" and list(figure.data[0].x) == [-2, 0, 2]
     e2 = [
         {"hint": h, "strength": s, "effect_mean": 0.0, "effect_lo": -0.1, "effect_hi": 0.1}
