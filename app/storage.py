@@ -68,6 +68,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], *, 
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; saved concepts, vectors and docs are meant to be read
         if exclusive:
             _link_new(tmp, path)
         else:
