@@ -16,6 +16,7 @@ from app.library import VectorLibrary
 from app.loading import LoadedModel
 from app.vectors import SteeringVector
 
+
 @dataclass(frozen=True)
 class SteerSpec:
     """``NAME_OR_FILE[@L1,L2][=STRENGTH]`` parsed; missing parts fall back to the concept's recommendations."""

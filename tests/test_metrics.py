@@ -92,7 +92,10 @@ def test_effect_sign_follows_the_poles():
 def test_effect_is_the_cosine_difference_to_the_mean_reference_embeddings():
     out = embeddings.embed(["A fancy dinner."])[0]
     pos, neg = embeddings.embed(LUXURY).mean(0), embeddings.embed(BUDGET).mean(0)
-    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
     assert effect(["A fancy dinner."], LUXURY, BUDGET)[0] == pytest.approx(
         cos(out, pos) - cos(out, neg), abs=1e-5
     )
