@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from app import registry
+from app import kernels, registry
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class LoadedModel:
     is_chat: bool  # the tokenizer has a chat template
     fingerprint: str  # stable short hex id: model id + config + hash of a few weight tensors
     reason: str  # the one log line of why this model was picked
+    linear_kernel: str = "torch"  # matrix product behind nn.Linear (app.kernels): torch or transposed
 
     @property
     def config(self):
@@ -128,6 +129,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     first = model.get_input_embeddings().weight.device
+    kernel = kernels.tune(model, first, dtype)
     loaded = LoadedModel(
         model_id=resolved.model_id,
         model=model,
@@ -137,13 +139,15 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         is_chat=bool(getattr(tokenizer, "chat_template", None)),
         fingerprint=fingerprint(resolved.model_id, model),
         reason=resolved.reason,
+        linear_kernel=kernel.kernel,
     )
     log.info(
-        "loaded %s from %s on %s (%s) in %.1f s",
+        "loaded %s from %s on %s (%s, %s linear kernel) in %.1f s",
         loaded.model_id,
         resolved.source,
         first,
         str(dtype).removeprefix("torch."),
+        kernel.kernel,
         time.monotonic() - started,
     )
     return loaded

@@ -25,6 +25,7 @@ def health_info(holder: LabHolder) -> dict:
         "model": lab.lm.model_id,
         "fingerprint": lab.lm.fingerprint,
         "device": str(lab.lm.device),
+        "linear_kernel": lab.lm.linear_kernel,
         "hooks": lab.engine.hook_count(),
         "active_steering": lab.engine.active_hooks(),
         "batches_run": lab.batcher.batches_run,

@@ -1,0 +1,122 @@
+"""The transposed linear kernel: same results, same modules, chosen only when it is faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from app import kernels
+from app.engine import Steer, Steering, SteeringEngine
+from app.generation import GenerationRequest, generate
+from app.kernels import TransposedLinear
+from tests.conftest import TINY_CONFIGS, make_tiny_model
+from tests.test_engine import random_vector
+
+
+@pytest.mark.parametrize("shape", [(7,), (1, 7), (2, 7), (3, 5, 7), (2, 1, 7), (0, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_linear_computes_what_linear_computes(shape, bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(7, 11, bias=bias)
+    x = torch.randn(shape)
+    expected = layer(x)
+    kernels.use(layer, "transposed")
+    got = layer(x)
+    assert type(layer) is TransposedLinear
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_row_equals_that_row_in_a_batch_of_two():
+    # A single row is computed as a 2-row product, so it matches the same row computed beside another.
+    torch.manual_seed(0)
+    layer = kernels.TransposedLinear(64, 96)
+    x = torch.randn(2, 64)
+    assert torch.equal(layer(x[:1]), layer(torch.cat([x[:1], x[:1]]))[:1])
+
+
+def test_use_and_restore_change_only_the_kernel():
+    model = make_tiny_model("llama")
+    parameters = {name: p for name, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    calls = []
+    model.lm_head.register_forward_hook(lambda *args: calls.append(1))
+    ids = torch.tensor([[3, 9, 27, 4]])
+
+    assert kernels.use(model, "transposed") == n_linear > 0
+    assert all(isinstance(m, nn.Linear) for m in model.modules() if type(m) is TransposedLinear)
+    assert {name: p for name, p in model.named_parameters()} == parameters  # the very same tensors
+    with torch.inference_mode():
+        fast = model(input_ids=ids).logits
+    assert calls == [1]  # hooks on the layers still fire
+
+    assert kernels.restore(model) == n_linear
+    assert not any(type(m) is TransposedLinear for m in model.modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).logits, fast, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown linear kernel 'fast'"):
+        kernels.use(model, "fast")
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_batched_generation_equals_one_at_a_time_with_the_transposed_kernel(model_type, char_tokenizer):
+    engine = SteeringEngine(make_tiny_model(model_type))
+    kernels.use(engine.model, "transposed")
+    vector = random_vector(engine)
+    requests = [
+        GenerationRequest("The cat", max_new_tokens=8),
+        GenerationRequest("The cat", Steering((Steer(vector, 6.0),)), max_new_tokens=8),
+        GenerationRequest("A much longer prompt", Steering((Steer(-vector, 3.0),), "generated"), max_new_tokens=6),
+    ]
+    batched = generate(engine, char_tokenizer, requests)
+    alone = [generate(engine, char_tokenizer, [r])[0] for r in requests]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    assert batched[0].token_ids != batched[1].token_ids
+    assert engine.hook_count() == 0
+
+
+def times(transposed: dict[int, float], torch_: dict[int, float]) -> dict:
+    return {"transposed": transposed, "torch": torch_}
+
+
+@pytest.mark.parametrize(
+    ("transposed", "torch_", "expected"),
+    [
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 1.0, 4: 1.0, 64: 1.0}, "transposed"),  # 70% of the time overall
+        ({1: 0.95, 4: 0.95, 64: 0.95}, {1: 1.0, 4: 1.0, 64: 1.0}, "torch"),  # 5% is not worth a switch
+        ({1: 0.2, 4: 0.2, 64: 1.2}, {1: 1.0, 4: 1.0, 64: 1.0}, "torch"),  # prompts 20% slower
+        ({1: 0.5, 4: 0.5, 64: 1.1}, {1: 1.0, 4: 1.0, 64: 1.0}, "transposed"),  # 10% slower is tolerated
+    ],
+)
+def test_decide(transposed, torch_, expected):
+    assert kernels.decide(times(transposed, torch_)) == expected
+
+
+def test_tune_times_both_kernels_on_cpu_float32(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    model = make_tiny_model("llama")
+    choice = kernels.tune(model, torch.device("cpu"), torch.float32)
+    assert set(choice.seconds) == {"torch", "transposed"}
+    assert all(set(s) == set(kernels.TUNE_ROWS) and min(s.values()) > 0 for s in choice.seconds.values())
+    assert choice.kernel == kernels.decide(choice.seconds)
+    in_use = {type(m) for m in model.modules()} & {nn.Linear, TransposedLinear}
+    assert in_use == {TransposedLinear if choice.kernel == "transposed" else nn.Linear}
+
+
+def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch):
+    model = make_tiny_model("llama")
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    assert kernels.tune(model, torch.device("cpu"), torch.bfloat16).kernel == "torch"
+    assert kernels.tune(model, torch.device("cuda"), torch.float32).seconds == {}
+    monkeypatch.setenv(kernels.ENV_VAR, "transposed")
+    assert kernels.tune(model, torch.device("cpu"), torch.bfloat16).kernel == "transposed"
+    assert any(type(m) is TransposedLinear for m in model.modules())
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert kernels.tune(model, torch.device("cpu"), torch.float32).kernel == "torch"
+    assert not any(type(m) is TransposedLinear for m in model.modules())
+    monkeypatch.setenv(kernels.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="STEERING_LAB_LINEAR='fastest' is not a linear kernel"):
+        kernels.tune(model, torch.device("cpu"), torch.float32)
