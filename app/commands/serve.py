@@ -1,4 +1,4 @@
-"""``python -m app serve``: load a model, start the library build in the background, serve the app.
+"""``python -m app serve``: load a model, serve the app, then build the concept library in the background.
 
 Safe by default (docs/security.md): binds 127.0.0.1, no share link, a login with ``--auth``,
 limits on every request (app/limits.py), uploads capped, and Gradio serves only the files it
@@ -118,8 +118,6 @@ def main(args: argparse.Namespace) -> int:
     holder = LabHolder(lab=loader(args.model), loader=loader)
     loaded = holder.lab.library.load_cached()
     log.info("concept library: %d concepts loaded from cache", loaded)
-    if not args.no_build:
-        holder.lab.library.start_background_build()
     usable = (
         []
         if args.lock_model
@@ -128,5 +126,10 @@ def main(args: argparse.Namespace) -> int:
     demo = build_app(holder, switchable_models=usable)
     log.info("limits: %s", limits)
     log.info("starting at http://%s:%d (%.1f s after launch)", args.host, args.port, time.monotonic() - started)
-    demo.queue(default_concurrency_limit=16, max_size=limits.queue_size).launch(css=CSS, **options)
+    demo.queue(default_concurrency_limit=16, max_size=limits.queue_size)
+    demo.launch(css=CSS, prevent_thread_lock=True, **options)
+    if not args.no_build:
+        # Only now: the build shares the CPU with whatever it runs beside, and the page comes first.
+        holder.lab.library.start_background_build()
+    demo.block_thread()
     return 0
