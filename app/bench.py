@@ -252,6 +252,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         )
         report.model = lab.lm.model_id
         report.machine["model_load_s"] = round(time.perf_counter() - started, 2)
+        report.machine["linear_kernel"] = lab.lm.linear_kernel  # app.kernels: chosen by timing at load
         say("building the concept library (every concept, every layer) and its forward-pass floor")
         bench_library.measure_library(lab, report, rounds=1 if config.quick else 2)
         vectors = pick_vectors(lab)
@@ -295,7 +296,8 @@ def format_table(report: BenchReport) -> str:
     lines += [
         "",
         f"model {report.model}; {machine['cpu_count']} cores, torch threads {machine['torch_threads']}, "
-        f"torch {machine['torch']}, transformers {machine['transformers']}; load average "
+        f"torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"{machine.get('linear_kernel', 'torch')} linear kernel; load average "
         f"{machine['load_average_start']} -> {machine.get('load_average_end')}",
     ]
     lines += [f"- {m.name}: {m.note}" for m in report.metrics if m.note]

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("app.commands.generate", "generate text, optionally steered"),
     "export": ("app.commands.export", "export a steering vector (safetensors or llama.cpp gguf)"),
     "bench": ("app.commands.bench", "measure steering speed against the alternatives"),
+    "random-model": ("app.commands.random_model", "save a model of a known shape with random weights, for bench"),
     "experiments": ("app.commands.experiments", "run the paper's experiments E1-E4"),
 }
 

@@ -79,9 +79,12 @@ def test_quick_bench_reports_every_metric_with_finite_numbers(
         "--json",
         "--new-tokens",
         "4",
+        "--save",
+        str(tmp_path / "report.json"),
     ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
 
     metrics = report["metrics"]
     assert set(metrics) == EXPECTED

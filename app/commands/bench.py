@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-references", action="store_true", help="skip steering-vectors and repeng")
     parser.add_argument("--no-cold-start", action="store_true", help="skip timing `serve` start-up")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON report to FILE")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,6 +52,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
     report = run_bench(config, progress=say)
+    if args.save:
+        from app.storage import atomic_write_json
+
+        atomic_write_json(args.save, report.as_dict())
+        say(f"report saved to {args.save}")
     if args.json:
         print_json(report.as_dict())
     else:

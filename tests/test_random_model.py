@@ -1,0 +1,48 @@
+"""``random-model`` writes a loadable model of the asked shape with the donor's tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from app.cli import main
+from app.commands.random_model import SHAPES
+from app.generation import GenerationRequest, generate
+from app.lab import Lab
+from app.loading import load_model
+from tests.conftest import make_char_tokenizer, make_tiny_model
+
+
+@pytest.fixture
+def donor(tmp_path):
+    folder = tmp_path / "donor"
+    make_tiny_model("llama").save_pretrained(folder)
+    make_char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_writes_a_loadable_model_of_the_shape(donor, tmp_path):
+    out = tmp_path / "random"
+    assert main(["random-model", "--shape", "mistral-tiny", "--out", str(out), "--tokenizer-from", str(donor)]) == 0
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "mistral"
+    assert {k: config[k] for k in SHAPES["mistral-tiny"]} == SHAPES["mistral-tiny"]
+    assert config["vocab_size"] == len(make_char_tokenizer())
+    lm = load_model(str(out), device="cpu")
+    assert lm.n_layers == 4 and lm.hidden_size == 64
+    assert {p.dtype for p in lm.model.parameters()} == {torch.float32}  # loaded in the CPU dtype
+    lab = Lab(lm, cache_root=tmp_path / "cache")
+    result = generate(lab.engine, lm.tokenizer, [GenerationRequest("hello", max_new_tokens=3, chat=False)])[0]
+    assert len(result.token_ids) >= 1
+
+
+def test_refuses_a_folder_that_is_not_empty(donor, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["random-model", "--shape", "mistral-tiny", "--out", str(out), "--tokenizer-from", str(donor)]) == 1
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
