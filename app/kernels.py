@@ -6,10 +6,11 @@ when ``x`` has few rows, which is every decoding step: batch 2 costs twice batch
 side-by-side runs or concurrent users buys nothing. One row is the slowest case of all (a
 matrix-vector product), so a single row is computed as two.
 
-:func:`tune` times both forms on the model's own weights once, at load, and switches the model's
-linear layers to :class:`TransposedLinear` only when that is clearly faster here. The switch
-changes which kernel runs, nothing else: same modules, same parameters, same state dict, and
-:func:`restore` switches back. ``STEERING_LAB_LINEAR=torch|transposed`` overrides the choice.
+:func:`tune` times both forms on the model's own weights at load (once per process for weights
+of the same shapes) and switches the model's linear layers to :class:`TransposedLinear` only
+when that is clearly faster here. The switch changes which kernel runs, nothing else: same
+modules, same parameters, same state dict, and :func:`restore` switches back.
+``STEERING_LAB_LINEAR=torch|transposed`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ ENV_VAR = "STEERING_LAB_LINEAR"
 TUNE_ROWS = (1, 4, 64)  # a decoding step alone, a small batch of them, a prompt
 TUNE_BYTES = 96 * 2**20  # weights timed per pass: about 3x a large L3 cache, so memory speed counts
 MIN_GAIN = 0.9  # switch only when the transposed form takes at most 90% of torch's time overall
+
+# Timings already taken in this process, by the sampled weights' shapes and the thread count: a
+# model loaded again (tests, the model switcher, the benchmark) keeps its choice, untimed.
+_TIMED: dict[tuple, dict[Kernel, dict[int, float]]] = {}
 
 
 class TransposedLinear(nn.Linear):
@@ -141,13 +146,15 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
     elif not _plain_linears(model):
         choice = KernelChoice("torch", "the model has no nn.Linear layers")
     else:
+        key = (tuple(m.weight.shape for m in _sample_weights(model, TUNE_BYTES)), torch.get_num_threads())
         started = time.perf_counter()
-        seconds = time_kernels(model)
-        kernel = decide(seconds)
+        when = "timed earlier in this process"
+        if key not in _TIMED:
+            _TIMED[key] = time_kernels(model)
+            when = f"timed in {time.perf_counter() - started:.2f} s"
+        seconds = _TIMED[key]
         ratios = ", ".join(f"{m} rows {seconds['transposed'][m] / seconds['torch'][m]:.2f}x" for m in seconds["torch"])
-        choice = KernelChoice(
-            kernel, f"transposed/torch time: {ratios} (timed in {time.perf_counter() - started:.2f} s)", seconds
-        )
+        choice = KernelChoice(decide(seconds), f"transposed/torch time: {ratios} ({when})", seconds)
     use(model, choice.kernel)
     log.info("linear kernel: %s (%s)", choice.kernel, choice.reason)
     return choice

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from app.bench import Metric, interleaved
-from tests.conftest import make_char_tokenizer, make_tiny_model
+from tests.reliability_support import save_tiny_model
 from tests.test_extraction import NEG, POS
 
 EXPECTED = {
@@ -43,10 +43,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model("llama").save_pretrained(folder)
-    make_char_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")

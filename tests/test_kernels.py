@@ -106,6 +106,17 @@ def test_tune_times_both_kernels_on_cpu_float32(monkeypatch):
     assert in_use == {TransposedLinear if choice.kernel == "transposed" else nn.Linear}
 
 
+def test_tune_times_weights_of_the_same_shapes_once_per_process(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_TIMED", {})
+    first = kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32)
+    again = kernels.tune(make_tiny_model("llama", seed=1), torch.device("cpu"), torch.float32)
+    assert again.seconds is first.seconds and again.kernel == first.kernel
+    assert "timed in" in first.reason and "timed earlier in this process" in again.reason
+    other = kernels.tune(make_tiny_model("phi3"), torch.device("cpu"), torch.float32)  # other shapes
+    assert other.seconds is not first.seconds and len(kernels._TIMED) == 2
+
+
 def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch):
     model = make_tiny_model("llama")
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)

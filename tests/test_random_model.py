@@ -12,25 +12,27 @@ from app.commands.random_model import SHAPES
 from app.generation import GenerationRequest, generate
 from app.lab import Lab
 from app.loading import load_model
-from tests.conftest import make_char_tokenizer, make_tiny_model
+from tests.conftest import make_char_tokenizer
+from tests.reliability_support import save_tiny_model
 
 
 @pytest.fixture
 def donor(tmp_path):
-    folder = tmp_path / "donor"
-    make_tiny_model("llama").save_pretrained(folder)
-    make_char_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path / "donor")
 
 
-def test_writes_a_loadable_model_of_the_shape(donor, tmp_path):
+@pytest.mark.parametrize("out_exists", [False, True])  # an empty folder may be there already
+def test_writes_a_loadable_model_of_the_shape(donor, tmp_path, out_exists):
     out = tmp_path / "random"
+    if out_exists:
+        out.mkdir()
     assert main(["random-model", "--shape", "mistral-tiny", "--out", str(out), "--tokenizer-from", str(donor)]) == 0
 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "mistral"
     assert {k: config[k] for k in SHAPES["mistral-tiny"]} == SHAPES["mistral-tiny"]
     assert config["vocab_size"] == len(make_char_tokenizer())
+    assert not (tmp_path / "random.partial").exists()
     lm = load_model(str(out), device="cpu")
     assert lm.n_layers == 4 and lm.hidden_size == 64
     assert {p.dtype for p in lm.model.parameters()} == {torch.float32}  # loaded in the CPU dtype

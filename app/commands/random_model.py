@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -79,9 +80,12 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
     n_params = sum(p.numel() for p in model.parameters())
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    # Written beside --out, then renamed: a crash (14 GiB to write) leaves no half-made model there.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(out)  # onto a missing or empty folder
     log.info(
         "saved a %s-shaped model with random weights (%.2fB parameters, %s, tokenizer of %s) to %s in %.0f s",
         args.shape,
