@@ -1,4 +1,4 @@
-"""Repo-wide test guard: no test touches the network (DESIGN §9).
+"""Repo-wide test guard: no test touches the network (docs/architecture.md, "Tests").
 
 Loaded by pytest before anything under tests/. Connections and name lookups to anything but
 this machine (loopback, unix sockets) raise ``NetworkBlocked``, an ``OSError``, so code that

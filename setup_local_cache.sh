@@ -15,4 +15,4 @@ if [[ ! -x "$PY" ]]; then
     exit 1
 fi
 cd "$ROOT"
-exec "$PY" -m app.embedded "$@"
+exec "$PY" -m app.commands.setup_models "$@"

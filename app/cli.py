@@ -31,12 +31,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or name == only:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as error:
-                if error.name != module_name:
-                    raise
-                continue
+            module = importlib.import_module(module_name)  # a command that fails to import is a bug: let it show
             module.add_arguments(command_parser)
             command_parser.set_defaults(_module=module)
     return parser

@@ -8,13 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app import concepts as concept_store
-from app.batcher import GenerationBatcher
-from app.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
-from app.generation import GenerationRequest, GenerationResult, StopSignal, last
-from app.library import VectorLibrary
-from app.loading import LoadedModel
-from app.vectors import SteeringVector
+from app.models.loading import LoadedModel
+from app.steering import concepts as concept_store
+from app.steering.batcher import GenerationBatcher
+from app.steering.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
+from app.steering.generation import GenerationRequest, GenerationResult, StopSignal, last
+from app.steering.library import VectorLibrary
+from app.steering.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,14 @@ def parse_steer_spec(text: str) -> SteerSpec:
     layers = None
     if at:
         if not re.fullmatch(r"\d{1,6}(,\d{1,6})*", layers_text):
-            raise ValueError(f"layers {layers_text!r} in {text!r} must be numbers separated by commas (e.g. happy@10,12)")
+            raise ValueError(
+                f"layers {layers_text!r} in {text!r} must be numbers separated by commas (e.g. happy@10,12)"
+            )
         layers = tuple(int(x) for x in layers_text.split(","))
     if not source:
-        raise ValueError(f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4")
+        raise ValueError(
+            f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4"
+        )
     return SteerSpec(source=source, layers=layers, strength=strength)
 
 
@@ -72,17 +76,23 @@ class Lab:
         """A vector from a concept name, a concept JSON file, or a saved .safetensors/.gguf vector."""
         suffix = Path(source).suffix.lower()
         if suffix == ".safetensors":
-            return SteeringVector.load(source, expect_fingerprint=self.lm.fingerprint, expect_hidden_size=self.lm.hidden_size)
+            return SteeringVector.load(
+                source, expect_fingerprint=self.lm.fingerprint, expect_hidden_size=self.lm.hidden_size
+            )
         if suffix == ".gguf":
             norms = {i: 1.0 for i in range(self.engine.n_layers)}
             return SteeringVector.from_gguf(
-                source, name=Path(source).stem, model_id=self.lm.model_id, model_fingerprint=self.lm.fingerprint, norms=norms
+                source,
+                name=Path(source).stem,
+                model_id=self.lm.model_id,
+                model_fingerprint=self.lm.fingerprint,
+                norms=norms,
             )
         if suffix == ".json":
             return self.library.get(concept_store.load_concept_file(source))
         return self.library.get(source)
 
-    def steer(
+    def make_steer(
         self,
         spec: str | SteerSpec,
         strength: float | None = None,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cache_dir() -> Path:

@@ -9,12 +9,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from app.engine import SteeringEngine
+from app.steering.engine import SteeringEngine
 
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=128, **IDS)
 
-# One config per architecture in app.layers.LAYER_PATHS that transformers can build offline.
+# One config per architecture in app.steering.layers.LAYER_PATHS that transformers can build offline.
 TINY_CONFIGS: dict[str, dict] = {
     "llama": dict(model_type="llama", num_key_value_heads=2, **TINY),
     "mistral": dict(model_type="mistral", num_key_value_heads=2, **TINY),

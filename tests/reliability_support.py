@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import REPO_ROOT
+from app.storage import REPO_ROOT
 
 AUTH = ("teacher", "s3cret:with-colon")
 SERVER_MAX_NEW_TOKENS = 100  # STEERING_LAB_MAX_NEW_TOKENS given to the served app

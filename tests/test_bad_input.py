@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from app import limits
-from app.concepts import Concept, ConceptError, parse_concept_bytes, save_custom
-from app.engine import Steer, Steering
-from app.generation import GenerationRequest
-from app.vectors import SteeringVector, VectorFileError
+from app.steering.concepts import Concept, ConceptError, parse_concept_bytes, save_custom
+from app.steering.engine import Steer, Steering
+from app.steering.generation import GenerationRequest
+from app.steering.vectors import SteeringVector, VectorFileError
 from tests.reliability_support import (
     SERVER_MAX_NEW_TOKENS,
     generate_args,
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     root = make_sandbox(tmp_path_factory.mktemp("bad-input"))
     model_dir = save_tiny_model(root / "tiny-model")
     from app.lab import Lab
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     lm = load_model(str(model_dir), device="cpu")
     lab = Lab(lm, concepts_root=root / "concepts", cache_root=root / "cache" / "vectors")

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from app.batcher import GenerationBatcher
-from app.engine import Steer, Steering
-from app.generation import GenerationRequest, generate, last
+from app.steering.batcher import GenerationBatcher
+from app.steering.engine import Steer, Steering
+from app.steering.generation import GenerationRequest, generate, last
 from tests.test_engine import random_vector
 
 

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from app.bench import Metric, interleaved
+from app.bench.common import Metric, interleaved
 from tests.reliability_support import save_tiny_model
 from tests.test_extraction import NEG, POS
 

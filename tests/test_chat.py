@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat import chat_prompt, history_to_messages
+from app.steering.chat import chat_prompt, history_to_messages
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"

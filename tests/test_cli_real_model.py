@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from app import REPO_ROOT
-from app.embedded import is_set_up, models_dir
+from app.models.embedded import is_set_up, models_dir
+from app.storage import REPO_ROOT
 
 MODEL_ID = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def env(sandbox, monkeypatch):
 @pytest.fixture(scope="module")
 def lab(sandbox):
     from app.lab import Lab
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     return Lab(load_model(MODEL_ID, device="cpu"), concepts_root=sandbox / "concepts", cache_root=sandbox / "vectors")
 
@@ -70,7 +70,9 @@ def test_generate_compare_json_shows_visible_steering(env, capsys):
 
 
 def test_defaults_come_from_the_concept(env, capsys):
-    out = run_cli(capsys, "generate", "Hello", "--model", MODEL_ID, "--steer", "pirate", "--max-new-tokens", "4", "--json")
+    out = run_cli(
+        capsys, "generate", "Hello", "--model", MODEL_ID, "--steer", "pirate", "--max-new-tokens", "4", "--json"
+    )
     (steer,) = out["steering"]
     assert steer["concept"] == "pirate" and len(steer["layers"]) == 1 and steer["strength"] > 0
     assert "baseline" not in out
@@ -82,7 +84,7 @@ def test_extract_and_export(env, capsys, tmp_path):
     gguf_path = tmp_path / "happy.gguf"
     out = run_cli(capsys, "export", "happy", "--model", MODEL_ID, "--format", "gguf", "--out", str(gguf_path), "--json")
     assert gguf_path.stat().st_size > 29 * 576 * 4
-    from app.vectors import SteeringVector
+    from app.steering.vectors import SteeringVector
 
     back = SteeringVector.from_gguf(gguf_path, name="h", model_id=MODEL_ID, model_fingerprint="x")
     assert sorted(back.layers) == list(range(1, 30))
@@ -91,7 +93,9 @@ def test_extract_and_export(env, capsys, tmp_path):
 def test_a_new_concept_file_works_with_no_tuning(env, capsys, tmp_path):
     concept = {
         "name": "ocean",
-        "positive": [f"The waves and the salty sea breeze {i}." for i in ["roll in", "crash", "hiss", "sparkle", "rise"]]
+        "positive": [
+            f"The waves and the salty sea breeze {i}." for i in ["roll in", "crash", "hiss", "sparkle", "rise"]
+        ]
         + ["Sailors watch the tide under the sea spray.", "Dolphins leap across the blue ocean."],
         "negative": [f"The desert sand and the dry heat {i}." for i in ["roll in", "crash", "hiss", "sparkle", "rise"]]
         + ["Nomads cross the dunes under the dry sun.", "Camels trudge across the hot desert."],
@@ -104,8 +108,8 @@ def test_a_new_concept_file_works_with_no_tuning(env, capsys, tmp_path):
 
 
 def test_strength_zero_and_after_block_are_exact_on_the_real_model(lab):
-    from app.engine import Steer, Steering
-    from app.generation import GenerationRequest
+    from app.steering.engine import Steer, Steering
+    from app.steering.generation import GenerationRequest
 
     vector = lab.library.get("happy")
     ids = lab.lm.tokenizer("The meeting went", return_tensors="pt")["input_ids"]
@@ -127,8 +131,8 @@ def test_strength_zero_and_after_block_are_exact_on_the_real_model(lab):
 
 
 def test_batched_rows_equal_one_at_a_time_on_the_real_model(lab):
-    from app.engine import Steer, Steering
-    from app.generation import GenerationRequest
+    from app.steering.engine import Steer, Steering
+    from app.steering.generation import GenerationRequest
 
     vector = lab.library.get("happy")
     requests = [

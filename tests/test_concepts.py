@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app import concepts as store
-from app.concepts import ConceptError, concept_from_dict, parse_concept_bytes
+from app.steering import concepts as store
+from app.steering.concepts import ConceptError, concept_from_dict, parse_concept_bytes
 
 TEACHING = {
     "happy", "sad", "angry", "fearful", "excited", "calm", "formal", "casual", "poetic",
@@ -99,5 +99,5 @@ def test_bad_custom_file_is_skipped_but_bad_builtin_fails(tmp_path):
 def test_resolve_unknown_lists_known(tmp_path):
     (tmp_path / "fine.json").write_text(json.dumps(good(name="fine")))
     with pytest.raises(ConceptError, match="unknown concept 'nope'. Known concepts: fine"):
-        store.resolve("nope", tmp_path)
-    assert store.resolve(str(tmp_path / "fine.json")).name == "fine"
+        store.find_concept("nope", tmp_path)
+    assert store.find_concept(str(tmp_path / "fine.json")).name == "fine"

@@ -13,8 +13,9 @@ from typing import ClassVar
 
 import pytest
 
-from app import embedded
-from app.embedded import DigestMismatch, EmbeddedModel, FetchError, SetupError
+from app.commands import setup_models
+from app.models import embedded
+from app.models.embedded import DigestMismatch, EmbeddedModel, FetchError, SetupError
 
 PAYLOAD = [b"GGUF" + b"a" * 1000, b"b" * 700, b"c" * 300]
 
@@ -193,14 +194,14 @@ def test_disk_full_midway_is_a_clear_error(env, monkeypatch: pytest.MonkeyPatch)
 def test_list_shows_every_model_and_its_state(env, capsys: pytest.CaptureFixture[str]):
     embedded.setup_model("fake-small")
     capsys.readouterr()
-    assert embedded.main(["--list"]) == 0
+    assert setup_models.main(["--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [re.split(r"\s+", line)[0] for line in lines] == ["fake-big", "fake-small"]
     assert lines[0].endswith("not set up") and lines[1].endswith(" set up")
 
 
 def test_the_real_table_is_well_formed():
-    from app.embedded import DEFAULT_MODELS, EMBEDDED
+    from app.models.embedded import DEFAULT_MODELS, EMBEDDED
 
     assert set(DEFAULT_MODELS) <= set(EMBEDDED)
     for spec in EMBEDDED.values():

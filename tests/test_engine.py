@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine import Steer, Steering, SteeringEngine
-from app.generation import GenerationRequest, generate
-from app.vectors import SteeringVector
+from app.steering.engine import Steer, Steering, SteeringEngine
+from app.steering.generation import GenerationRequest, generate
+from app.steering.vectors import SteeringVector
 from tests.conftest import TINY_CONFIGS, make_tiny_model
 
 
@@ -129,7 +129,9 @@ def test_position_modes_select_positions(tiny_engine, mode, steered_positions):
     handle = layer.register_forward_hook(observe)
     logits(tiny_engine.model, ids)
     handle.remove()
-    with tiny_engine.steer(Steering((Steer(random_vector(tiny_engine), 3.0, (2,)),), positions=mode), prompt_lengths=[3]):
+    with tiny_engine.steer(
+        Steering((Steer(random_vector(tiny_engine), 3.0, (2,)),), positions=mode), prompt_lengths=[3]
+    ):
         handle = layer.register_forward_hook(observe)  # runs after the steering hook
         try:
             logits(tiny_engine.model, ids)
@@ -168,7 +170,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_engine, char_tokenizer):
 
 
 def test_closing_a_stream_early_removes_hooks(tiny_engine, char_tokenizer):
-    from app.generation import stream_generate
+    from app.steering.generation import stream_generate
 
     vector = random_vector(tiny_engine)
     stream = stream_generate(

@@ -13,12 +13,13 @@ import pytest
 import torch
 from scipy import stats
 
-from app.experiment_conditions import e3_findings, hinted
-from app.experiment_learn import User, e4_summary, held_out, user_feedback, user_gain
-from app.experiment_stats import bootstrap_ci, ks_table, ks_test, mean_ci, read_functional_range, summarize
-from app.experiment_sweep import linearity
-from app.experiments import _jsonable, pick_queries, read_csv, render_figures, write_csv
-from app.figures_experiments import e1_figure, e2_figure, e3_figure, e4_figure
+from app.experiments.common import jsonable, pick_queries, read_csv, write_csv
+from app.experiments.conditions import e3_findings, hinted
+from app.experiments.figures import e1_figure, e2_figure, e3_figure, e4_figure
+from app.experiments.learn import User, e4_summary, held_out, user_feedback, user_gain
+from app.experiments.run import render_figures
+from app.experiments.stats import bootstrap_ci, ks_table, ks_test, mean_ci, read_functional_range, summarize
+from app.experiments.sweep import linearity
 
 # --- the functional range -------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ def test_e4_summary_measures_progress_toward_the_hidden_pole():
 
 
 def test_results_json_has_no_nan():
-    assert _jsonable({"a": math.nan, 1: (np.float64(2.0), np.int64(3), math.inf)}) == {"a": None, "1": [2.0, 3, None]}
+    assert jsonable({"a": math.nan, 1: (np.float64(2.0), np.int64(3), math.inf)}) == {"a": None, "1": [2.0, 3, None]}
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ FINITE = {
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from app.embedded import is_set_up, models_dir
+    from app.models.embedded import is_set_up, models_dir
 
     if not is_set_up(MODEL_ID):
         message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine import SteeringEngine
-from app.extraction import LayerStats, capture, directions, extract, recommend_layers
-from app.layers import layer_output_tensor
+from app.steering.engine import SteeringEngine
+from app.steering.extraction import LayerStats, capture, directions, extract, recommend_layers
+from app.steering.layers import layer_output_tensor
 from tests.conftest import make_tiny_model
 
 POS = ["I love this!", "What a joy.", "So happy now", "Great fun :)", "Best day ever", "Sunny smiles"]
@@ -22,7 +22,9 @@ def engine():
 def manual_pool(engine, tokenizer, text):
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     outs = []
-    handles = [layer.register_forward_hook(lambda m, a, o: outs.append(layer_output_tensor(o))) for layer in engine.layers]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o: outs.append(layer_output_tensor(o))) for layer in engine.layers
+    ]
     try:
         with torch.inference_mode():
             engine.model(input_ids=ids)

@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import REPO_ROOT, storage
-from app.concepts import Concept, ConceptError, load_all, load_concept_file, save_custom
-from app.engine import Steer, Steering
-from app.generation import GenerationRequest
-from app.library import Settings, VectorLibrary
-from app.preferences import Profile, list_profiles, load_profile, save_profile
-from app.storage import StorageError
-from app.vectors import SteeringVector
+from app import storage
+from app.preferences.profiles import Profile, list_profiles, load_profile, save_profile
+from app.steering.concepts import Concept, ConceptError, load_all, load_concept_file, save_custom
+from app.steering.engine import Steer, Steering
+from app.steering.generation import GenerationRequest
+from app.steering.library import Settings, VectorLibrary
+from app.steering.vectors import SteeringVector
+from app.storage import REPO_ROOT, StorageError
 from tests.reliability_support import make_sandbox, save_tiny_model
 
 KILLS = {"concept": 12, "profile": 12, "library": 8}
@@ -43,11 +43,11 @@ FORK_SERVER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import torch
     torch.set_num_threads(1)
-    from app.concepts import Concept, save_custom
+    from app.steering.concepts import Concept, save_custom
     from app.lab import Lab
-    from app.loading import load_model
-    from app.preferences import Profile, save_profile
-    from app.library import default_settings
+    from app.models.loading import load_model
+    from app.preferences.profiles import Profile, save_profile
+    from app.steering.library import default_settings
 
     model_dir, root = sys.argv[2], sys.argv[3]
     lab = Lab(load_model(model_dir, device="cpu"), concepts_root=f"{root}/concepts", cache_root=f"{root}/vectors")
@@ -230,7 +230,7 @@ def test_kill_during_profile_save_leaves_old_or_new(fork_server, sandbox):
 
 
 def test_kill_during_library_build_leaves_old_or_new(fork_server, sandbox, monkeypatch):
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     lm = load_model(str(sandbox / "tiny-model"), device="cpu")
     from app.lab import Lab
@@ -272,7 +272,7 @@ def test_stale_temp_files_of_killed_writers_are_swept(tmp_path):
 @pytest.fixture
 def tiny_lab(sandbox, tmp_path):
     from app.lab import Lab
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     return Lab(
         load_model(str(sandbox / "tiny-model"), device="cpu"),

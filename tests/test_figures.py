@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from app import figures
+from app.analysis import figures
 
 
 def is_message(figure: go.Figure) -> bool:

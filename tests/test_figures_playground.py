@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.figures_creator import norms_figure, separability_figure
-from app.figures_playground import message_figure, show_token, token_shift_figure
+from app.analysis.concept_figures import norms_figure, separability_figure
+from app.analysis.token_figures import message_figure, show_token, token_shift_figure
 
 
 def _texts(figure) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.figures_preferences import calibration_figure, learn_figure
+from app.preferences.figures import calibration_figure, learn_figure
 
 
 def _trace(figure, name):

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save, save_file
 
-from app.concepts import (
+from app.steering.concepts import (
     MAX_EXAMPLE_CHARS,
     MAX_EXAMPLES,
     MIN_EXAMPLES,
@@ -28,7 +28,7 @@ from app.concepts import (
     ConceptError,
     parse_concept_bytes,
 )
-from app.vectors import SteeringVector, VectorFileError
+from app.steering.vectors import SteeringVector, VectorFileError
 
 FUZZ = settings(
     max_examples=1000,

@@ -68,7 +68,7 @@ def test_generate_rejects_an_out_of_range_layer(client):
 
 
 def test_extract_gives_stats_and_loadable_downloads(client, app_server):  # noqa: F811
-    from app.vectors import SteeringVector
+    from app.steering.vectors import SteeringVector
 
     name = f"api_{uuid.uuid4().hex[:6]}"
     summary, separability, norms, st_file, gguf_file = client.predict(

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from app.embedded import is_set_up, models_dir
+from app.models.embedded import is_set_up, models_dir
 
 MODEL_ID = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def loaded():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {message}")
         pytest.skip(message)
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     return load_model(MODEL_ID, device="cpu")
 
@@ -42,7 +42,7 @@ def test_loaded_as_the_contract_says(loaded):
 
 
 def test_fingerprint_is_stable_and_depends_on_the_weights(loaded):
-    from app.loading import fingerprint
+    from app.models.loading import fingerprint
 
     assert fingerprint(MODEL_ID, loaded.model) == loaded.fingerprint
     assert len(loaded.fingerprint) == 16 and int(loaded.fingerprint, 16) >= 0

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from app import kernels
-from app.engine import Steer, Steering, SteeringEngine
-from app.generation import GenerationRequest, generate
-from app.kernels import TransposedLinear
+from app.models import kernels
+from app.models.kernels import TransposedLinear
+from app.steering.engine import Steer, Steering, SteeringEngine
+from app.steering.generation import GenerationRequest, generate
 from tests.conftest import TINY_CONFIGS, make_tiny_model
 from tests.test_engine import random_vector
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.analysis import LayerView
+from app.analysis.residuals import LayerView
 from app.ui.advanced import _every, _widths
 from app.ui.analysis_helpers import parse_layers, parse_strength, show_token
 from app.ui.explorer import LESSONS_DIR, lens_table, load_lessons

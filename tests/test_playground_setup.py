@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.concepts import load_all
-from app.engine import POSITION_MODES
-from app.layers import parse_layer_list as parse_layers
+from app.steering.concepts import load_all
+from app.steering.engine import POSITION_MODES
+from app.steering.layers import parse_layer_list as parse_layers
 from app.ui.playground_setup import PRESETS
 
 

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from app import preference_chat as pc
-from app.concepts import Concept
-from app.engine import row_deltas
-from app.functional_range import DEFAULT_FACTOR
-from app.preferences import Profile, load_profile, save_profile
-from app.vectors import SteeringVector
+from app.preferences import chat as pc
+from app.preferences.functional_range import DEFAULT_FACTOR
+from app.preferences.profiles import Profile, load_profile, save_profile
+from app.steering.concepts import Concept
+from app.steering.engine import row_deltas
+from app.steering.vectors import SteeringVector
 
 HIDDEN = 4
 

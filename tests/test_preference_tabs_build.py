@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.concepts import Concept
+from app.steering.concepts import Concept
 from app.ui.calibrate import build_calibrate_tab
 from app.ui.learn import build_learn_tab
 from app.ui.select import build_select_tab

@@ -10,42 +10,36 @@ import random
 import numpy as np
 import pytest
 
-from app import preferences as prefs
-from app.preferences import (
-    CalibrationState,
-    LearnState,
-    Profile,
-    calibrate_step,
-    learn_step,
-)
+from app.preferences import learn, profiles, select
+from app.preferences.calibrate import CalibrationState, calibrate_step
+from app.preferences.learn import LearnState, learn_step
+from app.preferences.profiles import Profile
 
 # --- UI scale -------------------------------------------------------------------------
 
 
 def test_ui_value_maps_linearly_to_the_functional_range():
-    assert prefs.ui_to_strength(100, 10.0) == 10.0
-    assert prefs.ui_to_strength(-50, 30.0) == -15.0
-    assert prefs.ui_to_strength(0, 30.0) == 0.0
-    assert prefs.strength_to_ui(-15.0, 30.0) == -50.0
+    assert select.ui_to_strength(100, 10.0) == 10.0
+    assert select.ui_to_strength(-50, 30.0) == -15.0
+    assert select.ui_to_strength(0, 30.0) == 0.0
+    assert select.strength_to_ui(-15.0, 30.0) == -50.0
     with pytest.raises(ValueError, match="outside"):
-        prefs.ui_to_strength(101, 10.0)
+        select.ui_to_strength(101, 10.0)
     with pytest.raises(ValueError, match="positive"):
-        prefs.ui_to_strength(50, 0.0)
+        select.ui_to_strength(50, 0.0)
 
 
 def test_share_label():
     labels = ("budget", "luxury")
-    assert prefs.share_label(-35, labels) == "35% budget"
-    assert prefs.share_label(60.4, labels) == "60% luxury"
-    assert prefs.share_label(3, labels) == "neutral"
+    assert select.share_label(-35, labels) == "35% budget"
+    assert select.share_label(60.4, labels) == "60% luxury"
+    assert select.share_label(3, labels) == "neutral"
 
 
 # --- CALIBRATE ------------------------------------------------------------------------
 
 
-def simulated_chooser(
-    target: float, d_a: float, d_b: float, same_within: float = 5.0
-) -> str:
+def simulated_chooser(target: float, d_a: float, d_b: float, same_within: float = 5.0) -> str:
     """Prefers the end closer to the hidden target; "much" when the gap is over half the span."""
     diff = abs(d_a - target) - abs(d_b - target)  # > 0: B is closer
     if abs(diff) < same_within:
@@ -63,9 +57,7 @@ def run_calibration(target: float) -> CalibrationState:
 
 def test_calibration_update_rules():
     state = CalibrationState()
-    assert (
-        calibrate_step(state, "B slightly better").d_a == 0.0
-    )  # loser to the midpoint
+    assert calibrate_step(state, "B slightly better").d_a == 0.0  # loser to the midpoint
     assert calibrate_step(state, "B much better").d_a == 50.0  # 3/4 of the way
     assert calibrate_step(state, "A slightly better").d_b == 0.0
     assert calibrate_step(state, "A much better").d_b == -50.0
@@ -118,9 +110,7 @@ class SimulatedUser:
 
     def feedback(self, value: float) -> tuple[str, float | None]:
         position = self.reply_position(value)
-        satisfaction = 1 - abs(position - EFFECT_SCALE * self.hidden / 100) / (
-            2 * EFFECT_SCALE
-        )
+        satisfaction = 1 - abs(position - EFFECT_SCALE * self.hidden / 100) / (2 * EFFECT_SCALE)
         if satisfaction >= 0.9:
             return "up", None
         if self.rng.random() >= self.text_rate:
@@ -129,18 +119,14 @@ class SimulatedUser:
         return "down", float(np.sign(self.hidden - value)) * self.rng.uniform(0.4, 1.0)
 
 
-def run_learning(
-    hidden: float, step: float, start: float = 0.0, text_rate: float = 1.0
-):
+def run_learning(hidden: float, step: float, start: float = 0.0, text_rate: float = 1.0):
     state = LearnState(values={"cost": start}, step=step)
     user = SimulatedUser(hidden, seed=int(step), text_rate=text_rate)
     for _ in range(12):
         thumbs, direction = user.feedback(state.values["cost"])
         directions = None if direction is None else {"cost": direction}
         position = user.reply_position(state.values["cost"]) / EFFECT_SCALE
-        state = learn_step(
-            state, thumbs, directions, reply_positions={"cost": position}
-        )
+        state = learn_step(state, thumbs, directions, reply_positions={"cost": position})
     return state
 
 
@@ -191,20 +177,18 @@ def test_eq1_step_and_clipping_for_several_dimensions():
         "age": -30.0,
         "time": 0.0,
     }  # clipped; time ignored
-    assert (
-        learn_step(state, "up", {"cost": 1.0}).values == state.values
-    )  # satisfied: no move
+    assert learn_step(state, "up", {"cost": 1.0}).values == state.values  # satisfied: no move
     assert state.values["cost"] == 90.0  # the input state is not changed
 
 
 def test_dissatisfaction_blends_thumbs_and_sentiment():
-    assert prefs.dissatisfaction("down") == 1.0 and prefs.dissatisfaction("up") == 0.0
-    assert prefs.dissatisfaction(None) == 0.0
-    assert prefs.dissatisfaction("down", sentiment=1.0) == pytest.approx(0.75)
-    assert prefs.dissatisfaction("up", sentiment=-1.0) == pytest.approx(0.25)
-    assert prefs.dissatisfaction(None, sentiment=-1.0) == 1.0
+    assert learn.dissatisfaction("down") == 1.0 and learn.dissatisfaction("up") == 0.0
+    assert learn.dissatisfaction(None) == 0.0
+    assert learn.dissatisfaction("down", sentiment=1.0) == pytest.approx(0.75)
+    assert learn.dissatisfaction("up", sentiment=-1.0) == pytest.approx(0.25)
+    assert learn.dissatisfaction(None, sentiment=-1.0) == 1.0
     with pytest.raises(ValueError, match="thumbs"):
-        prefs.dissatisfaction("sideways")
+        learn.dissatisfaction("sideways")
 
 
 PHRASES = {
@@ -238,12 +222,12 @@ PHRASES = {
 
 
 def test_text_directions_read_the_pole_and_the_dimension():
-    cheaper = prefs.text_directions("Too pricey, something budget-friendly?", PHRASES)
+    cheaper = learn.text_directions("Too pricey, something budget-friendly?", PHRASES)
     assert cheaper["cost"] < -0.5 and abs(cheaper["age"]) < 0.1
-    grown_up = prefs.text_directions("Somewhere with cocktails for grown-ups.", PHRASES)
+    grown_up = learn.text_directions("Somewhere with cocktails for grown-ups.", PHRASES)
     assert grown_up["age"] > 0.5 and abs(grown_up["cost"]) < 0.1
-    vague = prefs.text_directions("ok", PHRASES)
-    assert all(abs(v) < prefs.MIN_TEXT_DIRECTION for v in vague.values())
+    vague = learn.text_directions("ok", PHRASES)
+    assert all(abs(v) < learn.MIN_TEXT_DIRECTION for v in vague.values())
 
 
 USER_SAYS = {
@@ -262,7 +246,7 @@ def test_learning_from_feedback_text_end_to_end(hidden):
     for round_ in range(12):
         thumbs, _ = user.feedback(state.values["cost"])
         text = "" if thumbs == "up" else USER_SAYS[int(np.sign(hidden))][round_ % 2]
-        state = learn_step(state, thumbs, prefs.text_directions(text, PHRASES))
+        state = learn_step(state, thumbs, learn.text_directions(text, PHRASES))
     assert np.sign(state.values["cost"]) == np.sign(hidden)
     assert abs(state.values["cost"] - hidden) < 50
     assert abs(state.values["age"]) < 15  # the other dimension barely moves
@@ -270,23 +254,19 @@ def test_learning_from_feedback_text_end_to_end(hidden):
 
 def test_learn_from_feedback_text_without_thumbs():
     state = LearnState(values={"cost": 0.0, "age": 0.0}, step=20.0)
-    new = prefs.learn_from_feedback(
-        state, None, "Anything more affordable around?", PHRASES
-    )
+    new = learn.learn_from_feedback(state, None, "Anything more affordable around?", PHRASES)
     assert new.values["cost"] < -5 and new.values["age"] == pytest.approx(0.0, abs=1.0)
-    silent = prefs.learn_from_feedback(state, "down", "  ", PHRASES)
-    assert (
-        silent.values == state.values
-    )  # thumbs down at neutral, no text: no direction
+    silent = learn.learn_from_feedback(state, "down", "  ", PHRASES)
+    assert silent.values == state.values  # thumbs down at neutral, no text: no direction
 
 
 def test_load_feedback_phrases(tmp_path):
     path = tmp_path / "feedback_phrases.json"
     path.write_text(json.dumps(PHRASES), encoding="utf-8")
-    assert prefs.load_feedback_phrases(path) == PHRASES
+    assert learn.load_feedback_phrases(path) == PHRASES
     path.write_text(json.dumps({"cost": {"positive": ["more"]}}), encoding="utf-8")
     with pytest.raises(ValueError, match="'cost' needs"):
-        prefs.load_feedback_phrases(path)
+        learn.load_feedback_phrases(path)
 
 
 # --- profiles -------------------------------------------------------------------------
@@ -306,19 +286,19 @@ def make_profile(name: str = "date-night") -> Profile:
 
 
 def test_profile_round_trip_under_the_cache_dir(profile_dir):
-    path = prefs.save_profile(make_profile())
+    path = profiles.save_profile(make_profile())
     assert path == profile_dir / "date-night.json"
-    assert prefs.load_profile("date-night") == make_profile()
-    assert prefs.list_profiles() == ["date-night"]
-    text = prefs.export_profile(make_profile())
-    assert prefs.profile_from_json(text) == make_profile()
+    assert profiles.load_profile("date-night") == make_profile()
+    assert profiles.list_profiles() == ["date-night"]
+    text = profiles.export_profile(make_profile())
+    assert profiles.profile_from_json(text) == make_profile()
     assert json.loads(text)["dimensions"]["cost"] == {
         "value": 62.5,
         "method": "calibrate",
     }
-    assert prefs.delete_profile("date-night") is True
-    assert prefs.delete_profile("date-night") is False
-    assert prefs.list_profiles() == []
+    assert profiles.delete_profile("date-night") is True
+    assert profiles.delete_profile("date-night") is False
+    assert profiles.list_profiles() == []
 
 
 @pytest.mark.parametrize(
@@ -327,11 +307,11 @@ def test_profile_round_trip_under_the_cache_dir(profile_dir):
 )
 def test_bad_profile_names_are_rejected(profile_dir, name):
     with pytest.raises(ValueError, match="bad profile name"):
-        prefs.save_profile(make_profile(name))
+        profiles.save_profile(make_profile(name))
     with pytest.raises(ValueError, match="bad profile name"):
-        prefs.load_profile(name)
+        profiles.load_profile(name)
     with pytest.raises(ValueError, match="bad profile name"):
-        prefs.delete_profile(name)
+        profiles.delete_profile(name)
     assert not profile_dir.exists() or list(profile_dir.iterdir()) == []
 
 
@@ -359,11 +339,11 @@ def test_bad_profile_names_are_rejected(profile_dir, name):
 )
 def test_bad_profiles_are_rejected(data, message):
     with pytest.raises(ValueError, match=message):
-        prefs.profile_from_json(data)
+        profiles.profile_from_json(data)
 
 
 def test_a_failed_write_keeps_the_old_profile(profile_dir, monkeypatch):
-    prefs.save_profile(make_profile())
+    profiles.save_profile(make_profile())
     before = (profile_dir / "date-night.json").read_bytes()
 
     def broken_replace(src, dst):
@@ -373,13 +353,11 @@ def test_a_failed_write_keeps_the_old_profile(profile_dir, monkeypatch):
     changed = make_profile()
     changed.set("cost", -100.0, "select")
     with pytest.raises(OSError, match="disk full"):
-        prefs.save_profile(changed)
+        profiles.save_profile(changed)
     assert (profile_dir / "date-night.json").read_bytes() == before
-    assert [p.name for p in profile_dir.iterdir()] == [
-        "date-night.json"
-    ]  # no temp left
+    assert [p.name for p in profile_dir.iterdir()] == ["date-night.json"]  # no temp left
 
 
 def test_load_missing_profile(profile_dir):
     with pytest.raises(ValueError, match="no profile named 'nobody'"):
-        prefs.load_profile("nobody")
+        profiles.load_profile("nobody")

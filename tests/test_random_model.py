@@ -9,9 +9,9 @@ import torch
 
 from app.cli import main
 from app.commands.random_model import SHAPES
-from app.generation import GenerationRequest, generate
 from app.lab import Lab
-from app.loading import load_model
+from app.models.loading import load_model
+from app.steering.generation import GenerationRequest, generate
 from tests.conftest import make_char_tokenizer
 from tests.reliability_support import save_tiny_model
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app import registry
-from app.embedded import EMBEDDED
-from app.registry import MODELS, Availability, DeviceInfo
+from app.models import registry
+from app.models.embedded import EMBEDDED
+from app.models.registry import MODELS, Availability, DeviceInfo
 
 DESIGN_IDS = {
     "mistral-7b-instruct-v0.2",
@@ -72,7 +72,7 @@ def test_memory_needed_doubles_in_float32():
 
 def test_unknown_id_lists_the_valid_ids():
     with pytest.raises(ValueError, match="unknown model 'llama-9000'") as error:
-        registry.resolve("llama-9000")
+        registry.resolve_model("llama-9000")
     for model_id in MODELS:
         assert model_id in str(error.value)
 
@@ -80,30 +80,30 @@ def test_unknown_id_lists_the_valid_ids():
 def test_local_path_without_config_is_not_a_model(tmp_path: Path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(ValueError, match="is not a model: expected a directory with a config.json"):
-        registry.resolve(str(tmp_path / "notes"))
+        registry.resolve_model(str(tmp_path / "notes"))
 
 
 def test_local_path_without_weights_is_not_a_model(tmp_path: Path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no \\*.safetensors or \\*.bin weights"):
-        registry.resolve(str(tmp_path / "m"))
+        registry.resolve_model(str(tmp_path / "m"))
 
 
 def test_local_model_path_resolves_to_itself(tmp_path: Path):
     path = fake_model_dir(tmp_path / "mine")
-    resolved = registry.resolve(str(path))
+    resolved = registry.resolve_model(str(path))
     assert resolved.source == str(path.resolve()) and resolved.row is None
 
 
 def test_embedded_id_not_set_up_says_how_to_set_it_up():
     with pytest.raises(FileNotFoundError, match="setup_local_cache.sh --model smollm2-135m-instruct"):
-        registry.resolve("smollm2-135m-instruct")
+        registry.resolve_model("smollm2-135m-instruct")
 
 
 def test_embedded_id_set_up_resolves_to_cache(isolated: Path):
     path = fake_model_dir(isolated / "cache" / "models" / "smollm2-135m-instruct", manifest=True)
-    assert registry.resolve("smollm2-135m-instruct").source == str(path)
+    assert registry.resolve_model("smollm2-135m-instruct").source == str(path)
 
 
 def test_half_converted_dir_without_manifest_does_not_count(isolated: Path):
@@ -249,7 +249,7 @@ def test_downloadable_when_the_hub_answers(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(registry, "_head", lambda url, timeout: 200)
     assert registry.availability("phi-3-mini-4k-instruct").status == "downloadable"
-    assert registry.resolve("phi-3-mini-4k-instruct").source == "microsoft/Phi-3-mini-4k-instruct"
+    assert registry.resolve_model("phi-3-mini-4k-instruct").source == "microsoft/Phi-3-mini-4k-instruct"
 
 
 # --- an existing Hugging Face cache -----------------------------------------------------------
@@ -271,7 +271,7 @@ def test_model_in_hf_cache_is_cached_and_gets_linked(isolated: Path):
     link = isolated / "cache" / "models" / "phi-3-mini-4k-instruct"
     assert linked == ["phi-3-mini-4k-instruct"]
     assert link.is_symlink() and link.resolve() == snapshot.resolve()
-    assert registry.resolve("phi-3-mini-4k-instruct").source == str(link)
+    assert registry.resolve_model("phi-3-mini-4k-instruct").source == str(link)
     assert registry.link_hf_models(say=lambda message: None) == linked  # again: nothing changes
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from app import REPO_ROOT
 from app import limits as limits_module
 from app.commands import serve
-from app.preferences import Profile, save_profile
+from app.preferences.profiles import Profile, save_profile
+from app.storage import REPO_ROOT
 from tests.reliability_support import AUTH, SERVER_MAX_NEW_TOKENS, SERVER_QUEUE_SIZE, health, shared_server
 
 
@@ -170,7 +170,7 @@ def _code_files() -> list[Path]:
 
 def test_nothing_outside_the_tests_unpickles_or_evaluates():
     files = _code_files()
-    assert len(files) > 20 and (REPO_ROOT / "app" / "vectors.py") in files
+    assert len(files) > 20 and (REPO_ROOT / "app" / "steering" / "vectors.py") in files
     found = []
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from app.engine import NO_STEERING, Steer, Steering, SteeringEngine
-from app.generation import GenerationRequest, generate
-from app.token_shift import next_token_shift, token_diff
-from app.vectors import SteeringVector
+from app.analysis.token_shift import next_token_shift, token_diff
+from app.steering.engine import NO_STEERING, Steer, Steering, SteeringEngine
+from app.steering.generation import GenerationRequest, generate
+from app.steering.vectors import SteeringVector
 
 
 def _vector(hidden: int = 32, n_layers: int = 3) -> SteeringVector:

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from app.vectors import SteeringVector, VectorFileError
+from app.steering.vectors import SteeringVector, VectorFileError
 
 
 def make(name="happy", fingerprint="fp1", seed=0, layers=(0, 1, 2), hidden=8) -> SteeringVector:

@@ -10,7 +10,7 @@ from app.commands.common import print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.bench import DEFAULT_MODEL
+    from app.bench.common import DEFAULT_MODEL
 
     parser.add_argument(
         "--model",
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.bench import BenchConfig, format_table, run_bench
+    from app.bench.common import BenchConfig
+    from app.bench.run import format_table, run_bench
 
     if args.new_tokens is not None and args.new_tokens < 1:
         raise ValueError(f"--new-tokens must be at least 1, got {args.new_tokens}")

@@ -16,7 +16,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def open_lab(args: argparse.Namespace):
     """Load the model named by ``--model``/``--device`` and wrap it in a Lab."""
     from app.lab import Lab
-    from app.loading import load_model
+    from app.models.loading import load_model
 
     return Lab(load_model(args.model, device=args.device))
 

@@ -38,5 +38,7 @@ def main(args: argparse.Namespace) -> int:
     for row in rows:
         layers = ",".join(str(x) for x in row["recommended_layers"] or [])
         strength = f"{row['recommended_strength']:g}" if row["recommended_strength"] is not None else "-"
-        print(f"  {row['name']:16s} {row['category']:11s} layers {layers:10s} strength {strength:5s} {row['description']}")
+        print(
+            f"  {row['name']:16s} {row['category']:11s} layers {layers:10s} strength {strength:5s} {row['description']}"
+        )
     return 0

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.experiments import FULL, QUICK, render_figures, run
+    from app.experiments.common import FULL, QUICK
+    from app.experiments.run import render_figures, run
 
     if args.which == "figures":
         for path in render_figures(args.out):

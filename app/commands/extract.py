@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app import concepts as concept_store
 from app.commands.common import add_model_arguments, open_lab, print_json, stderr_progress
-from app.extraction import METHODS
-from app.library import Settings
+from app.steering import concepts as concept_store
+from app.steering.extraction import METHODS
+from app.steering.library import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     lab = open_lab(args)
-    concept = concept_store.resolve(args.concept, lab.library.concepts_root)
-    from app.library import default_settings
+    concept = concept_store.find_concept(args.concept, lab.library.concepts_root)
+    from app.steering.library import default_settings
 
     default = default_settings(concept)
     settings = Settings(method=args.method or default.method, top_k_layers=args.top_k_layers or default.top_k_layers)
@@ -45,12 +45,16 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0
-    print(f"{concept.name} on {lab.lm.model_id} ({vector.method}): recommended layers "
-          f"{vector.recommended_layers}, strength {vector.recommended_strength:g}")
+    print(
+        f"{concept.name} on {lab.lm.model_id} ({vector.method}): recommended layers "
+        f"{vector.recommended_layers}, strength {vector.recommended_strength:g}"
+    )
     print(f"{'layer':>5} {'accuracy':>8} {'separation':>10} {'residual norm':>13} {'vector norm':>11}")
     for layer in sorted(vector.layers):
-        print(f"{layer:>5} {stats['accuracy'][layer]:>8.2f} {stats['separation'][layer]:>10.2f} "
-              f"{stats['residual_norm'][layer]:>13.1f} {stats['vector_norm'][layer]:>11.2f}")
+        print(
+            f"{layer:>5} {stats['accuracy'][layer]:>8.2f} {stats['separation'][layer]:>10.2f} "
+            f"{stats['residual_norm'][layer]:>13.1f} {stats['vector_norm'][layer]:>11.2f}"
+        )
     if args.out:
         print(f"saved {args.out}")
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from app.commands.common import add_model_arguments, open_lab, print_json
-from app.engine import NO_STEERING, POSITION_MODES, Steering
-from app.generation import GenerationRequest
+from app.steering.engine import NO_STEERING, POSITION_MODES, Steering
+from app.steering.generation import GenerationRequest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     lab = open_lab(args)
     unit = "raw" if args.raw else "normalized"
-    steers = tuple(lab.steer(spec, unit=unit) for spec in args.steer)
+    steers = tuple(lab.make_steer(spec, unit=unit) for spec in args.steer)
     base = GenerationRequest(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,

@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from app import registry
+from app.models import registry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,12 +61,12 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
-    from app import registry
+    from app.models import registry
 
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder: pick a new --out")
-    source = registry.resolve(args.tokenizer_from).source
+    source = registry.resolve_model(args.tokenizer_from).source
     tokenizer = AutoTokenizer.from_pretrained(source)
     config = MistralConfig(
         **SHAPES[args.shape],

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import REPO_ROOT
 from app import limits as limits_module
 from app.commands.common import add_model_arguments
-from app.storage import cache_dir
+from app.storage import REPO_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -107,8 +106,8 @@ def main(args: argparse.Namespace) -> int:
     limits = limits_module.configure(limits_module.from_args(args))
     options = launch_options(args, limits)  # a bad --auth fails before the model loads
     from app.lab import Lab
-    from app.loading import load_model
-    from app.registry import availabilities
+    from app.models.loading import load_model
+    from app.models.registry import availabilities
     from app.ui.app import CSS, build_app
     from app.ui.state import LabHolder
 

@@ -15,7 +15,8 @@ import time
 import gradio as gr
 import pandas as pd
 
-from app.analysis import (
+from app.analysis.figures import message_figure, mix_figure, sweep_figure
+from app.analysis.sweeps import (
     STRENGTH_MULTIPLES,
     Sweep,
     concept_mix,
@@ -25,8 +26,7 @@ from app.analysis import (
     strength_sweep,
     sweep_layers,
 )
-from app.figures import message_figure, mix_figure, sweep_figure
-from app.generation import GenerationRequest
+from app.steering.generation import GenerationRequest
 from app.ui.analysis_helpers import (
     NONE,
     concept_choices,
@@ -38,7 +38,7 @@ from app.ui.analysis_helpers import (
     references_for,
     vector_for,
 )
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def build_advanced_tab(holder: LabHolder) -> None:
                 raise ValueError("pick different concepts to mix (the same one twice just adds its weights)")
             for name in names:
                 vector_for(holder, name, progress)
-            sweep = concept_mix(request, [lab.steer(name, weight, layers) for name, weight in chosen])
+            sweep = concept_mix(request, [lab.make_steer(name, weight, layers) for name, weight in chosen])
             references = {}
             if score:
                 for name in names:
@@ -327,3 +327,6 @@ def build_advanced_tab(holder: LabHolder) -> None:
         api_name="concept_mix",
         concurrency_id=MODEL_CONCURRENCY,
     )
+
+
+TAB = TabSpec("Advanced Experiments", build_advanced_tab)

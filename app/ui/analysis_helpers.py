@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from app.generation import GenerationRequest, GenerationResult
-from app.layers import parse_layer_list
 from app.limits import current as current_limits
+from app.steering.generation import GenerationRequest, GenerationResult
+from app.steering.layers import parse_layer_list
+from app.steering.vectors import SteeringVector
 from app.ui.state import LabHolder
-from app.vectors import SteeringVector
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def generate_rows(
 def references_for(holder: LabHolder, name: str) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], str]:
     """Reference texts for the Effect metric: the concept's reference set, or (custom concepts)
     its own examples. Returns ``((positive, negative), note)``."""
-    from app.metrics import load_references
+    from app.analysis.metrics import load_references
 
     try:
         references = load_references(name)

@@ -1,47 +1,32 @@
 """The Gradio app: a header (model, device, memory, model switcher) and one tab per module.
 
-Each tab lives in its own module under ``app/ui/`` with a ``build_*_tab(holder)`` function that lays
-out components and wires them to the core; this file only assembles them.
+Each tab lives in its own module under ``app/ui/``: a ``build_*_tab(holder)`` function lays out
+components and wires them to the core, and ``TAB`` names it; this file only assembles them.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import gradio as gr
 
+from app.ui import advanced, calibrate, creator, explorer, learn, playground, select, visualizer
 from app.ui.health import add_health_endpoint
-from app.ui.state import LabHolder, user_error
+from app.ui.state import LabHolder, TabSpec, user_error
 
-TABS: list[tuple[str, str, str]] = [
-    ("Steering Playground", "app.ui.playground", "build_playground_tab"),
-    ("Concept Creator", "app.ui.creator", "build_creator_tab"),
-    ("Layer Explorer", "app.ui.explorer", "build_explorer_tab"),
-    ("Activation Visualizer", "app.ui.visualizer", "build_visualizer_tab"),
-    ("Advanced Experiments", "app.ui.advanced", "build_advanced_tab"),
-    ("SELECT", "app.ui.select", "build_select_tab"),
-    ("CALIBRATE", "app.ui.calibrate", "build_calibrate_tab"),
-    ("LEARN", "app.ui.learn", "build_learn_tab"),
-]
+TABS: tuple[TabSpec, ...] = (
+    playground.TAB,
+    creator.TAB,
+    explorer.TAB,
+    visualizer.TAB,
+    advanced.TAB,
+    select.TAB,
+    calibrate.TAB,
+    learn.TAB,
+)
 
 CSS = """
 .steer-output textarea { font-size: 15px; line-height: 1.45; }
 .header-line p { margin: 0; }
 """
-
-
-def available_tabs() -> list[tuple[str, object]]:
-    """(label, build function) for every tab whose module is present."""
-    tabs = []
-    for label, module_name, function in TABS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        tabs.append((label, getattr(module, function)))
-    return tabs
 
 
 def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> gr.Blocks:
@@ -76,9 +61,9 @@ def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> 
         with gr.Tabs() as tabs:
             built: dict[str, object] = {}  # label -> what build returned
             items: dict[str, gr.Tab] = {}
-            for label, build in available_tabs():
-                with gr.Tab(label, id=label) as items[label]:
-                    built[label] = build(holder)
+            for tab in TABS:
+                with gr.Tab(tab.label, id=tab.label) as items[tab.label]:
+                    built[tab.label] = tab.build(holder)
         # Cross-tab wiring (e.g. Creator -> "Try it in the Playground"): a tab's returned parts may link().
         for label, parts in built.items():
             if hasattr(parts, "link"):

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
-from app.figures_preferences import calibration_figure
-from app.generation import GenerationRequest
-from app.preference_chat import (
+from app.preferences.calibrate import CHOICES, CalibrationState, calibrate_step
+from app.preferences.chat import (
     Dimension,
     calibration_question,
     describe_values,
@@ -25,10 +24,11 @@ from app.preference_chat import (
     preference_steering,
     unbuilt,
 )
-from app.preferences import CHOICES, CalibrationState, calibrate_step
+from app.preferences.figures import calibration_figure
+from app.steering.generation import GenerationRequest
 from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +293,6 @@ def build_calibrate_tab(holder: LabHolder):
         save, [profiles.name, session_state], [profiles.choice, profiles.status], api_name="calibrate_save_profile"
     )
     return profiles
+
+
+TAB = TabSpec("CALIBRATE", build_calibrate_tab)

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import concepts as concept_store
-from app.concepts import Concept, concept_from_dict, lines_to_examples
-from app.extraction import METHODS
-from app.figures_creator import norms_figure, separability_figure
-from app.library import Settings
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.analysis.concept_figures import norms_figure, separability_figure
+from app.steering import concepts as concept_store
+from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
+from app.steering.extraction import METHODS
+from app.steering.library import Settings
+from app.ui import playground as playground_tab
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
-PLAYGROUND = "Steering Playground"
 METHOD_HELP = {
     "mean_diff": "difference of means (CAA): fast and robust, the default",
     "pca": "first principal direction of the paired differences",
@@ -55,7 +55,7 @@ class CreatorParts:
     form: list  # name, description, positive, negative, method, try prompt
 
     def link(self, tabs: gr.Tabs, tab: gr.Tab, built: dict) -> None:
-        playground = built.get(PLAYGROUND)
+        playground = built.get(playground_tab.TAB.label)
         if playground is None:  # the Playground tab is not in this app
             self.try_button.click(
                 lambda: gr.Warning("The Steering Playground is not part of this app."), api_name=False
@@ -82,7 +82,7 @@ class CreatorParts:
             text = (prompt or "").strip() or "Tell me about your weekend."
             layers = ", ".join(map(str, vector.recommended_layers))
             note = f"**{concept.name}**: recommended layer {layers}, strength {vector.recommended_strength:g}."
-            return [gr.Tabs(selected=PLAYGROUND), text, use_chat, "", note, *rows, *strengths]
+            return [gr.Tabs(selected=playground_tab.TAB.label), text, use_chat, "", note, *rows, *strengths]
 
         outputs = [
             tabs,
@@ -270,3 +270,6 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
         save_event=save_event,
         form=[name, description, positive, negative, method, try_prompt],
     )
+
+
+TAB = TabSpec("Concept Creator", build_creator_tab)

@@ -15,11 +15,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from app import REPO_ROOT
-from app.analysis import LayerView, encode, layer_view
-from app.figures import concept_layers_figure, message_figure, residual_norm_figure
+from app.analysis.figures import concept_layers_figure, message_figure, residual_norm_figure
+from app.analysis.residuals import LayerView, encode, layer_view
+from app.storage import REPO_ROOT
 from app.ui.analysis_helpers import NONE, concept_choices, show_token, vector_for
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +159,6 @@ def build_explorer_tab(holder: LabHolder) -> None:
         api_name="explore_layers",
         concurrency_id=MODEL_CONCURRENCY,
     )
+
+
+TAB = TabSpec("Layer Explorer", build_explorer_tab)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import gradio as gr
 
-from app.figures_preferences import learn_figure
-from app.preference_chat import (
+from app.preferences.chat import (
     Dimension,
     describe_values,
     feedback_phrases,
@@ -24,10 +23,12 @@ from app.preference_chat import (
     preference_steering,
     unbuilt,
 )
-from app.preferences import LearnState, learn_from_feedback, learn_step, load_profile
+from app.preferences.figures import learn_figure
+from app.preferences.learn import LearnState, learn_from_feedback, learn_step
+from app.preferences.profiles import load_profile
 from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 THUMBS_ONLY_HINT = (
@@ -262,3 +263,6 @@ def build_learn_tab(holder: LabHolder):
         api_name="learn_load_profile",
     )
     return profiles
+
+
+TAB = TabSpec("LEARN", build_learn_tab)

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from app.engine import POSITION_MODES, Steer
-from app.figures_playground import message_figure, token_shift_figure
-from app.generation import GenerationRequest
-from app.layers import parse_layer_list as parse_layers
-from app.token_shift import next_token_shift, token_diff
+from app.analysis.token_figures import message_figure, token_shift_figure
+from app.analysis.token_shift import next_token_shift, token_diff
+from app.steering.engine import POSITION_MODES, Steer
+from app.steering.generation import GenerationRequest
+from app.steering.layers import parse_layer_list as parse_layers
 from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
-TAB_ID = "Steering Playground"  # the gr.Tab id app.py gives this tab (its label)
 N_ROWS = 3
 TOP_K = 5
 NONE = ""  # the "no concept" choice of rows 2 and 3
@@ -75,7 +74,7 @@ def _steers(holder: LabHolder, rows: list[tuple[str, float]], layers_text: str, 
             continue
         label = f"building the {name} vector"
         lab.library.get(name, progress=lambda f, m, label=label: progress(f, desc=f"{label}: {m}"))
-        steers.append(lab.steer(name, float(strength), layers))
+        steers.append(lab.make_steer(name, float(strength), layers))
     if not steers:
         raise ValueError("pick at least one concept to steer with")
     return steers
@@ -347,3 +346,6 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
     )
     stop.click(lambda: "Stopped.", None, status, cancels=[event], api_name=False, queue=False)
     return parts
+
+
+TAB = TabSpec("Steering Playground", build_playground_tab)

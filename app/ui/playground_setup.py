@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.engine import Steer
+from app.steering.engine import Steer
 
 # name -> (prompt, chat template?, [(concept, strength or None = recommended)], layers: "", "middle" or "L,L")
 PRESETS: dict[str, tuple[str, bool, list[tuple[str, float | None]], str]] = {
@@ -26,8 +26,6 @@ POSITION_HELP = (
     "all: every token · prompt: only the prompt's tokens · generated: only new tokens · "
     "last: the prompt's last token and every new one"
 )
-
-
 
 
 def describe_steers(steers: Sequence[Steer], positions: str) -> str:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.engine import Steering
 from app.limits import current as current_limits
-from app.preference_chat import chat_request, describe_steering, plain_history
-from app.preferences import list_profiles
+from app.preferences.chat import chat_request, describe_steering, plain_history
+from app.preferences.profiles import list_profiles
+from app.steering.engine import Steering
 from app.ui.state import user_error
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.preference_chat import (
+from app.preferences.chat import (
     describe_values,
     merge_into_profile,
     preference_dimensions,
     preference_steering,
     unbuilt,
 )
-from app.preferences import load_profile
+from app.preferences.profiles import load_profile
 from app.ui.preference_widgets import (
     BUILDING,
     generation_settings,
@@ -26,7 +26,7 @@ from app.ui.preference_widgets import (
     stream_reply,
     with_named_values,
 )
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 EXAMPLES = (
     "Can you suggest a restaurant for my friend's birthday dinner?",
@@ -140,3 +140,6 @@ def build_select_tab(holder: LabHolder):
         load, [profiles.choice], [*sliders, profiles.name, profiles.status], api_name="select_load_profile"
     )
     return profiles
+
+
+TAB = TabSpec("SELECT", build_select_tab)

@@ -74,3 +74,15 @@ def user_error(error: Exception) -> str:
     """One readable line for an error shown in the UI (never a traceback)."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:500]
+
+
+@dataclass(frozen=True)
+class TabSpec:
+    """A tab of the app: its label (also its ``gr.Tab`` id) and the function that lays it out.
+
+    ``build(holder)`` may return parts with a ``link(tabs, tab, built)`` method, called once every
+    tab exists, to wire events across tabs (``built`` maps each label to what its build returned).
+    """
+
+    label: str
+    build: Callable[[LabHolder], object]

@@ -12,11 +12,13 @@ import logging
 
 import gradio as gr
 
-from app.analysis import MIN_UMAP_POINTS, encode, examples_map, library_map, steering_heatmap
-from app.engine import Steering
-from app.figures import concept_map_figure, heatmap_figure, message_figure
+from app.analysis.figures import concept_map_figure, heatmap_figure, message_figure
+from app.analysis.heatmaps import steering_heatmap
+from app.analysis.maps import MIN_UMAP_POINTS, examples_map, library_map
+from app.analysis.residuals import encode
+from app.steering.engine import Steering
 from app.ui.analysis_helpers import concept_choices, default_concept, parse_layers, parse_strength, vector_for
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, user_error
+from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def build_visualizer_tab(holder: LabHolder) -> None:
         try:
             ids = encode(lab.lm.tokenizer, text, chat=bool(use_chat), is_chat=lab.lm.is_chat)
             vector = vector_for(holder, name, progress)
-            steer = lab.steer(name, parse_strength(value), parse_layers(layer_text, lab.lm.n_layers))
+            steer = lab.make_steer(name, parse_strength(value), parse_layers(layer_text, lab.lm.n_layers))
             progress(0.9, desc="two forward passes: without and with steering")
             heat = steering_heatmap(lab.engine, lab.lm.tokenizer, ids, vector, Steering((steer,)), score)
         except Exception as error:
@@ -165,3 +167,6 @@ def build_visualizer_tab(holder: LabHolder) -> None:
         api_name="concept_map",
         concurrency_id=MODEL_CONCURRENCY,
     )
+
+
+TAB = TabSpec("Activation Visualizer", build_visualizer_tab)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from app import REPO_ROOT
+from app.storage import REPO_ROOT
 
 MODEL_ID = "smollm2-135m-instruct"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -103,7 +103,7 @@ def _answers(url: str) -> bool:
 
 
 def _start_server() -> AppServer:
-    from app.embedded import is_set_up, models_dir
+    from app.models.embedded import is_set_up, models_dir
 
     models = models_dir()
     if not is_set_up(MODEL_ID, models):
