@@ -11,21 +11,11 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.analysis.figures import message_figure  # noqa: F401 - one empty-state figure for every tab
+from app.analysis.figures import BASELINE_COLOR, FONT, STEERED_COLOR, message_figure, show_token
 
-BASELINE_COLOR = "#8c8c8c"
-STEERED_COLOR = "#e4572e"
-FONT = dict(size=13)
+__all__ = ["message_figure", "show_token", "token_shift_figure"]
 
-
-def show_token(text: str) -> str:
-    """A token as a label a person can read: newlines and bare spaces made visible."""
-    if text == "":
-        return "∅"
-    shown = text.replace("\n", "↵").replace("\t", "⇥")
-    if not shown.strip():
-        return "␣" * len(shown)
-    return shown
+LABEL_CHARS = 24  # the shift figure's axis has room for longer token labels than a heatmap's ticks
 
 
 def token_shift_figure(
@@ -49,7 +39,7 @@ def token_shift_figure(
     n = len(tokens)
     if n == 0:
         return message_figure("Generate to see how steering shifts the next-token probabilities.")
-    labels = [f"{i + 1}·{show_token(t)}" for i, t in enumerate(tokens)]
+    labels = [f"{i + 1}·{show_token(t, LABEL_CHARS)}" for i, t in enumerate(tokens)]
     figure = make_subplots(
         rows=2,
         cols=1,
@@ -85,7 +75,7 @@ def token_shift_figure(
         col=1,
     )
     for i in range(n):
-        names = [show_token(c) for c in candidates[i]][::-1]  # most likely on top
+        names = [show_token(c, LABEL_CHARS) for c in candidates[i]][::-1]  # most likely on top
         for values, name, color in (
             (baseline[i], "without steering", BASELINE_COLOR),
             (steered[i], "with steering", STEERED_COLOR),
