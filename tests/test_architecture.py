@@ -196,3 +196,12 @@ def test_imports_for_type_checking_only_are_not_edges(tmp_path: Path):
     module = APP / "preferences" / "chat.py"
     assert "from app.lab import Lab" in module.read_text(encoding="utf-8")
     assert "app.lab" not in imported_modules(module, set(modules()))
+
+
+def test_tests_cannot_reach_another_machine():
+    import socket
+
+    from tests.network_guard import NetworkBlocked
+
+    with pytest.warns(pytest.PytestWarning, match="blocked"), pytest.raises(NetworkBlocked):
+        socket.getaddrinfo("example.org", 443)

@@ -1,7 +1,7 @@
-"""Repo-wide test guard: no test touches the network (docs/architecture.md, "Tests").
+"""Test guard: no test touches the network (docs/architecture.md, "Tests").
 
-Loaded by pytest before anything under tests/. Connections and name lookups to anything but
-this machine (loopback, unix sockets) raise ``NetworkBlocked``, an ``OSError``, so code that
+A pytest plugin (``-p tests.network_guard`` in pyproject.toml), loaded before any conftest.
+Connections and name lookups to anything but this machine (loopback, unix sockets) raise ``NetworkBlocked``, an ``OSError``, so code that
 handles an unreachable network (the hub check) behaves as offline, and each blocked attempt is
 reported as a warning naming the address. Local servers (the Gradio app under Playwright) work.
 Set STEERING_LAB_ALLOW_NETWORK=1 to lift the guard for a manual run.
