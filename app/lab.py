@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.models.loading import LoadedModel
 from app.steering import concepts as concept_store
+from app.steering import control_vectors
 from app.steering.batcher import GenerationBatcher
 from app.steering.engine import NO_STEERING, PositionMode, Steer, Steering, SteeringEngine, StrengthUnit
 from app.steering.generation import GenerationRequest, GenerationResult, StopSignal, last
@@ -41,18 +42,19 @@ def parse_steer_spec(text: str) -> SteerSpec:
         if not math.isfinite(strength):
             raise ValueError(f"strength in {text!r} must be a finite number, got {strength_text!r}")
     source, at, layers_text = source.rpartition("@") if "@" in source else (source, "", "")
-    layers = None
-    if at:
-        if not re.fullmatch(r"\d{1,6}(,\d{1,6})*", layers_text):
-            raise ValueError(
-                f"layers {layers_text!r} in {text!r} must be numbers separated by commas (e.g. happy@10,12)"
-            )
-        layers = tuple(int(x) for x in layers_text.split(","))
+    layers = parse_layer_list(layers_text, f" in {text!r}") if at else None
     if not source:
         raise ValueError(
             f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4"
         )
     return SteerSpec(source=source, layers=layers, strength=strength)
+
+
+def parse_layer_list(text: str, where: str = "") -> tuple[int, ...]:
+    """``"10,12"`` -> ``(10, 12)``; ``where`` says where the text came from in the error."""
+    if not re.fullmatch(r"\d{1,6}(,\d{1,6})*", text.strip()):
+        raise ValueError(f"layers {text!r}{where} must be numbers separated by commas (e.g. happy@10,12)")
+    return tuple(int(x) for x in text.strip().split(","))
 
 
 class Lab:
@@ -79,14 +81,14 @@ class Lab:
             return SteeringVector.load(
                 source, expect_fingerprint=self.lm.fingerprint, expect_hidden_size=self.lm.hidden_size
             )
-        if suffix == ".gguf":
-            norms = {i: 1.0 for i in range(self.engine.n_layers)}
-            return SteeringVector.from_gguf(
+        if suffix == ".gguf":  # steers at the layers the file holds, strength 1 raw = as baked in
+            return control_vectors.load(
                 source,
                 name=Path(source).stem,
                 model_id=self.lm.model_id,
                 model_fingerprint=self.lm.fingerprint,
-                norms=norms,
+                expect_fingerprint=self.lm.fingerprint,
+                expect_hidden_size=self.lm.hidden_size,
             )
         if suffix == ".json":
             return self.library.get(concept_store.load_concept_file(source))

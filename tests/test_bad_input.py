@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from app import limits
+from app.steering import control_vectors
 from app.steering.concepts import Concept, ConceptError, parse_concept_bytes, save_custom
 from app.steering.engine import Steer, Steering
 from app.steering.generation import GenerationRequest
@@ -91,8 +92,9 @@ def world(tmp_path_factory):
     vector(model_fingerprint="0123456789abcdef", model_id="another-model").save(files / "other-model.safetensors")
     vector(hidden_size=64, layers={1: torch.randn(64)}).save(files / "other-size.safetensors")
     vector(layers={1: torch.full((lm.hidden_size,), float("nan"))}).save(files / "nan.safetensors")
-    vector(name="small").to_gguf(files / "ok.gguf", 1.0, unit="raw")
-    replace(vector(), hidden_size=16, layers={1: torch.randn(16)}).to_gguf(files / "other-size.gguf", 1.0, "raw")
+    control_vectors.save(vector(name="small"), files / "ok.gguf", 1.0, [1], unit="raw")
+    other_size = replace(vector(), hidden_size=16, layers={1: torch.randn(16)})
+    control_vectors.save(other_size, files / "other-size.gguf", 1.0, [1], "raw")
     lab.library.get("happy")  # build once; every case below reuses it
     yield {"root": root, "model": str(model_dir), "lab": lab, "files": files, "trap": trap, "vector": vector}
     assert not trap.exists(), "an untrusted pickle was unpickled"

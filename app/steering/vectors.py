@@ -5,9 +5,8 @@ A vector's ``layers`` hold the raw directions as extracted (e.g. a difference of
 engine uses them to turn a strength in normalized units into the size of what it adds
 (README, "Strength units"). Arithmetic works on the raw directions (``happy * 2 - sad``) and returns new objects.
 
-Files: safetensors (tensors ``layer.<L>``, everything else as JSON in the header metadata) and
-the llama.cpp control-vector GGUF (tensors ``direction.<L>``, read by ``--control-vector``).
-Nothing is ever unpickled.
+Files: safetensors (tensors ``layer.<L>``, everything else as JSON in the header metadata); the
+llama.cpp control-vector GGUF is in ``control_vectors``. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -206,7 +205,7 @@ class SteeringVector:
         except FileNotFoundError:
             raise
         except Exception as error:  # safetensors raises several types for a bad file
-            raise VectorFileError(f"{path.name} is not a readable safetensors file: {_short(error)}") from None
+            raise VectorFileError(f"{path.name} is not a readable safetensors file: {short_reason(error)}") from None
         if header_text is None:
             raise VectorFileError(f"{path.name} is a safetensors file but not a Steering Lab vector")
         try:
@@ -220,20 +219,20 @@ class SteeringVector:
             for key, tensor in tensors.items():
                 prefix, _, index = key.partition(".")
                 if prefix == "layer":
-                    layers[_layer_index(index)] = tensor.float()
+                    layers[layer_index(index)] = tensor.float()
             vector = cls(
                 name=str(header["name"]),
                 model_id=str(header["model_id"]),
                 model_fingerprint=str(header["model_fingerprint"]),
                 hidden_size=_hidden_size(header["hidden_size"]),
                 layers=layers,
-                norms={_layer_index(k): float(v) for k, v in norms.items()},
+                norms={layer_index(k): float(v) for k, v in norms.items()},
                 method=str(header.get("method", "mean_diff")),
                 metadata=dict(metadata),
             )
             vector._check_values()
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, RuntimeError) as error:
-            raise VectorFileError(f"{path.name} has a malformed Steering Lab header: {_short(error)}") from None
+            raise VectorFileError(f"{path.name} has a malformed Steering Lab header: {short_reason(error)}") from None
         vector.check_model(expect_fingerprint, expect_hidden_size, source=path.name)
         return vector
 
@@ -271,92 +270,8 @@ class SteeringVector:
                 "Extract the concept again on this model."
             )
 
-    def to_gguf(self, path: str | os.PathLike[str], strength: float, unit: str = "normalized") -> Path:
-        """Export for llama.cpp ``--control-vector`` with ``strength`` baked in.
 
-        llama.cpp adds ``direction.<L>`` to the output of decoder layer ``L`` (0-based) and has
-        no slot for layer 0, so layer 0 is left out.
-        """
-        import gguf  # optional at import time: only export needs it
-
-        path = Path(path)
-        layers = sorted(layer for layer in self.layers if layer > 0)
-        if not layers:
-            raise ValueError("llama.cpp control vectors cannot steer layer 0; the vector has no other layer")
-
-        def write(tmp: str) -> None:
-            writer = gguf.GGUFWriter(tmp, "controlvector")
-            writer.add_string("controlvector.model_hint", str(self.metadata.get("model_type", self.model_id)))
-            writer.add_uint32("controlvector.layer_count", len(layers))
-            for layer in layers:
-                writer.add_tensor(f"direction.{layer}", self.delta(layer, strength, unit).numpy())
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-            writer.close()
-
-        atomic_write(path, write)
-        return path
-
-    @classmethod
-    def from_gguf(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        name: str,
-        model_id: str,
-        model_fingerprint: str,
-        norms: dict[int, float] | None = None,
-    ) -> SteeringVector:
-        """Import a llama.cpp control vector; its directions already hold the strength (use ``raw`` 1.0)."""
-        import gguf
-
-        path = Path(path)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
-        if size > MAX_FILE_BYTES:
-            raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
-        layers: dict[int, torch.Tensor] = {}
-        try:
-            reader = gguf.GGUFReader(path)
-            for tensor in reader.tensors:
-                prefix, _, index = tensor.name.partition(".")
-                if prefix != "direction" or not index.isdigit():
-                    continue
-                if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-                    raise ValueError(f"{tensor.name} is {tensor.tensor_type.name}; control vectors are F32 or F16")
-                layers[_layer_index(index)] = torch.tensor(tensor.data.astype("float32"), dtype=torch.float32).reshape(
-                    -1
-                )
-            del reader  # let go of the memory map
-        except Exception as error:  # gguf raises many types for a bad file
-            raise VectorFileError(f"{path.name} is not a readable GGUF file: {_short(error)}") from None
-        if not layers:
-            raise VectorFileError(f"{path.name} holds no 'direction.<layer>' tensors: not a control vector")
-        sizes = {direction.numel() for direction in layers.values()}
-        if len(sizes) != 1:
-            raise VectorFileError(f"{path.name} has directions of different sizes: {sorted(sizes)}")
-        if not all(bool(torch.isfinite(direction).all()) for direction in layers.values()):
-            raise VectorFileError(f"{path.name} holds NaN or infinite values")
-        if sizes == {0}:
-            raise VectorFileError(f"{path.name} has empty directions")
-        return cls(
-            name=name,
-            model_id=model_id,
-            model_fingerprint=model_fingerprint,
-            hidden_size=sizes.pop(),
-            layers=layers,
-            norms=dict(norms or {}),
-            method="gguf",
-            metadata={"source": path.name},
-        )
-
-
-def _layer_index(text: object) -> int:
+def layer_index(text: object) -> int:
     """A layer number from a tensor name or JSON key: digits only, at most 4 of them."""
     text = str(text)
     if not (text.isascii() and text.isdigit() and len(text) <= 4):
@@ -370,7 +285,7 @@ def _hidden_size(value: object) -> int:
     return value
 
 
-def _short(error: BaseException) -> str:
+def short_reason(error: BaseException) -> str:
     return (str(error) or type(error).__name__).splitlines()[0][:200]
 
 

@@ -18,9 +18,11 @@ import gradio as gr
 
 from app.analysis.concept_figures import norms_figure, separability_figure
 from app.steering import concepts as concept_store
+from app.steering import control_vectors
 from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
 from app.steering.extraction import METHODS
 from app.steering.library import Settings
+from app.steering.vectors import SteeringVector
 from app.ui import playground as playground_tab
 from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 
@@ -133,6 +135,19 @@ def _file_stem(text: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "vector"
 
 
+def _control_vector(vector: SteeringVector, path: Path) -> tuple[Path | None, str]:
+    """The llama.cpp download: the recommended layers at the recommended strength, and a note."""
+    layers = ", ".join(map(str, vector.recommended_layers))
+    try:
+        control_vectors.save(vector, path, vector.recommended_strength, vector.recommended_layers)
+    except ValueError as error:  # e.g. layer 0, which llama.cpp cannot steer
+        return None, f"No llama.cpp .gguf: {error}"
+    return path, (
+        f"The llama.cpp .gguf steers layer {layers} at this strength, baked in "
+        "(`--control-vector FILE`; `--control-vector-scaled FILE:0.5` for half)."
+    )
+
+
 def build_creator_tab(holder: LabHolder) -> CreatorParts:
     gr.Markdown(
         "Describe a concept with contrasting examples: **positive** texts that have it and **negative** texts that "
@@ -217,7 +232,7 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
             folder = _download_dir()
             stem = _file_stem(f"{concept.name}-{lab.lm.model_id}")
             st_path = vector.save(folder / f"{stem}.safetensors")
-            gguf_path = vector.to_gguf(folder / f"{stem}.gguf", strength=vector.recommended_strength)
+            gguf_path, gguf_note = _control_vector(vector, folder / f"{stem}.gguf")
         except Exception as error:
             if not isinstance(error, ValueError):
                 log.exception("extraction failed")
@@ -232,14 +247,14 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
             f"**{concept.name}** on `{lab.lm.model_id}` with **{method_name}** "
             f"({len(concept.positive)} positive, {len(concept.negative)} negative): "
             f"recommended layer {best}, recommended strength **{vector.recommended_strength:g}**. "
-            "The .gguf has this strength baked in."
+            f"{gguf_note}"
         )
         return (
             text,
             separability_figure(stats, layers),
             norms_figure(stats, layers),
             gr.DownloadButton(value=str(st_path), interactive=True),
-            gr.DownloadButton(value=str(gguf_path), interactive=True),
+            gr.DownloadButton(value=str(gguf_path) if gguf_path else None, interactive=gguf_path is not None),
         )
 
     extract.click(
