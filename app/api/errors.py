@@ -18,8 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import limits
 
 log = logging.getLogger(__name__)
+
+UPLOAD_OVERHEAD = 64 * 1024  # multipart headers and fields around an uploaded file's bytes
 
 API_PREFIXES = ("/v1/",)  # paths whose errors this module answers (Gradio keeps its own)
 ERROR_TYPES = {
@@ -93,6 +98,44 @@ def describe_validation(error: RequestValidationError) -> tuple[str, str | None]
         message = "the body is not valid JSON"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{field}: {message}{more}" if field else f"{message}{more}", field
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over the upload limit (FastAPI lets an HTTPException out of body parsing)."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        message = limits.current().over("max_upload_bytes", f"a request body of {size:,} bytes or more", cap)
+        super().__init__(413, message)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body to the API over the upload limit gets a JSON 413, whether
+    its Content-Length says so up front or its chunks add up to it. Other paths pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(API_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        cap = limits.current().max_upload_bytes + UPLOAD_OVERHEAD
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > cap:
+            error = BodyTooLarge(int(length), cap)
+            await JSONResponse(error_body(413, error.detail), status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise BodyTooLarge(seen, cap)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class ApiRoute(APIRoute):

@@ -35,8 +35,6 @@ from app.steering.library import Settings
 from app.steering.vectors import SteeringVector
 from app.ui.health import health_info
 
-UPLOAD_OVERHEAD = 64 * 1024  # multipart headers and the name field around the file's bytes
-
 
 def concept_info(lab: Lab, concept: Concept) -> ConceptInfo:
     vector = lab.library.cached(concept.name)

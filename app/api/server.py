@@ -17,12 +17,12 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.middleware import Middleware
 
-from app import limits
 from app.api.auth import require_login
 from app.api.context import ApiContext
-from app.api.errors import EXCEPTION_HANDLERS, ApiRoute
-from app.api.lab_routes import UPLOAD_OVERHEAD, build_lab_router
+from app.api.errors import EXCEPTION_HANDLERS, ApiRoute, BodyLimit
+from app.api.lab_routes import build_lab_router
 from app.api.openai_routes import build_openai_router
 from app.ui.state import LabHolder
 
@@ -37,13 +37,11 @@ With `serve --auth USER:PASSWORD`, send `Authorization: Bearer PASSWORD` (the Op
 """
 
 
-def build_router(holder: LabHolder, auth: tuple[str, str] | None) -> APIRouter:
+def build_router(context: ApiContext, auth: tuple[str, str] | None) -> APIRouter:
     """Every API route, behind the login, with request bodies capped at the upload limit."""
-    context = ApiContext(holder)
     router = APIRouter(
         route_class=ApiRoute,
         dependencies=[Depends(require_login(auth))],
-        max_body_size=limits.current().max_upload_bytes + UPLOAD_OVERHEAD,
     )
     router.include_router(build_openai_router(context))
     router.include_router(build_lab_router(context))
@@ -53,22 +51,24 @@ def build_router(holder: LabHolder, auth: tuple[str, str] | None) -> APIRouter:
 def add_docs(app: FastAPI, router: APIRouter, auth: tuple[str, str] | None) -> None:
     """``/openapi.json`` (the API's routes only) and the Swagger page ``/docs``."""
     schema: dict[str, Any] = {}
-    login = [Depends(require_login(auth))]
+    docs_router = APIRouter(route_class=ApiRoute, dependencies=[Depends(require_login(auth))])
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=login)
+    @docs_router.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         if not schema:
             schema.update(get_openapi(title=TITLE, version="1", description=DESCRIPTION, routes=router.routes))
         return JSONResponse(schema)
 
-    @app.get("/docs", include_in_schema=False, dependencies=login)
+    @docs_router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
 
+    app.include_router(docs_router)
 
-def app_kwargs(holder: LabHolder, auth: tuple[str, str] | None) -> dict[str, Any]:
-    """What ``demo.launch(app_kwargs=...)`` needs to serve the API beside the UI."""
-    router = build_router(holder, auth)
+
+def app_kwargs(holder: LabHolder, auth: tuple[str, str] | None, context: ApiContext | None = None) -> dict[str, Any]:
+    """What ``demo.launch(app_kwargs=...)`` (or ``FastAPI(...)`` in tests) needs to serve the API."""
+    router = build_router(context or ApiContext(holder), auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,4 +77,9 @@ def app_kwargs(holder: LabHolder, auth: tuple[str, str] | None) -> dict[str, Any
         yield
 
     make: Callable[[FastAPI], AbstractAsyncContextManager[None]] = lifespan
-    return {"lifespan": make, "exception_handlers": dict(EXCEPTION_HANDLERS), "openapi_url": None}
+    return {
+        "lifespan": make,
+        "exception_handlers": dict(EXCEPTION_HANDLERS),
+        "middleware": [Middleware(BodyLimit)],
+        "openapi_url": None,
+    }
