@@ -155,3 +155,18 @@ def test_rest_and_gradio_users_at_once_get_what_they_get_alone(openai_client, se
     with ThreadPoolExecutor(len(jobs)) as pool:
         together = dict(zip(jobs, pool.map(lambda job: job(), jobs.values())))
     assert together == alone
+
+
+def test_a_client_that_hangs_up_mid_stream_leaves_no_hooks_and_the_next_request_runs(http):
+    import time
+
+    body = {"messages": ASK, "max_tokens": 100, "temperature": 0, "stream": True, **PIRATE}
+    with http.stream("POST", "/v1/chat/completions", json=body) as answer:
+        lines = answer.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # it started; now hang up
+    deadline = time.monotonic() + 300
+    while http.get("/v1/health").json()["hooks"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert http.get("/v1/health").json()["hooks"] == 0
+    done = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 4, "temperature": 0})
+    assert done.json()["choices"][0]["finish_reason"] == "length"
