@@ -349,8 +349,12 @@ def test_bad_uploads(client, filename, content, data, status, expected):
 
 
 def test_downloading_an_unknown_vector_is_refused(client):
-    assert client.get("/v1/vectors/nope").status_code == 400
+    assert client.get("/v1/vectors/nope").status_code == 404
     assert client.get("/v1/vectors/happy", params={"format": "pickle"}).status_code == 400
+    assert client.get("/v1/vectors/..%2Fhappy").status_code in (400, 404)
+    for strength in ("nan", "inf", "51"):
+        answer = client.get("/v1/vectors/happy", params={"format": "gguf", "strength": strength})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "strength"
 
 
 def test_compare_is_baseline_and_steered_with_one_seed(client, lab):

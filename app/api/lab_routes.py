@@ -3,6 +3,7 @@ Playground's comparison, health. Each calls the same core functions as its tab."
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -195,6 +196,12 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         strength: float | None = Query(None, description="baked into a .gguf (default: the recommended strength)"),
     ) -> Response:
         lab = context.lab
+        concept_store.validate_name(name)
+        if name not in lab.library.concepts() and context.uploads.get(lab, name) is None:
+            raise ApiError(404, f"no concept or uploaded vector named {name!r} (GET /v1/concepts lists them)")
+        most = limits.current().max_strength
+        if strength is not None and not (math.isfinite(strength) and abs(strength) <= most):
+            raise ApiError(400, f"strength must be a finite number from -{most:g} to {most:g}", param="strength")
         vector = await context.admission.run(lambda: parsing.resolve_vector(lab, context.uploads, name))
         raw, filename = await context.admission.run(lambda: vector_file(vector, lab.lm.model_id, format, strength))
         return Response(
