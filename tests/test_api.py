@@ -414,3 +414,23 @@ def test_a_body_without_a_length_is_cut_off_too(client):
 
     answer = client.post("/v1/completions", content=chunks(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 413
+
+
+def test_a_client_that_hangs_up_stops_its_generation():
+    import anyio
+
+    from app.api.work import Admission
+
+    class Request:
+        def __init__(self, gone: bool) -> None:
+            self.gone = gone
+
+        async def is_disconnected(self) -> bool:
+            return self.gone
+
+    admission = Admission()
+    assert anyio.run(admission.run_while_connected, lambda stop: stop.wait(120), Request(gone=True)) is True
+    assert anyio.run(admission.run_while_connected, lambda stop: stop.is_set(), Request(gone=False)) is False
+    with pytest.raises(ValueError, match="boom"):
+        anyio.run(admission.run_while_connected, lambda stop: (_ for _ in ()).throw(ValueError("boom")), Request(False))
+    assert admission.active == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,7 +107,7 @@ def vector_file(vector: SteeringVector, model_id: str, file_format: str, strengt
         return path.read_bytes(), path.name
 
 
-def compare(lab: Lab, context: ApiContext, body: CompareRequest) -> CompareResponse:
+def compare(lab: Lab, context: ApiContext, body: CompareRequest, stop: threading.Event) -> CompareResponse:
     """The Playground's call: baseline and steered rows with one seed, in one batch."""
     steered = parsing.steering(lab, context.uploads, body)
     if not steered.steers:
@@ -121,7 +122,7 @@ def compare(lab: Lab, context: ApiContext, body: CompareRequest) -> CompareRespo
         chat=body.chat,
     )
     requests = prepare(lab, lambda: lab.compare_requests(request, steered.steers, steered.positions))
-    baseline, result = lab.generate(requests)
+    baseline, result = lab.generate(requests, stop)
     return CompareResponse(
         model=lab.lm.model_id,
         prompt_tokens=baseline.prompt_tokens,
@@ -215,9 +216,9 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         response_model=CompareResponse,
         summary="Baseline and steered in one batched call, same seed (the Playground)",
     )
-    async def post_compare(body: CompareRequest) -> CompareResponse:
+    async def post_compare(request: Request, body: CompareRequest) -> CompareResponse:
         lab = context.lab
-        return await context.admission.run(lambda: compare(lab, context, body))
+        return await context.admission.run_while_connected(lambda stop: compare(lab, context, body, stop), request)
 
     @router.get("/v1/health", summary="Model, hooks in place (0 when idle), library status, limits")
     async def health() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import parsing
@@ -150,7 +150,11 @@ def build_openai_router(context: ApiContext) -> APIRouter:
         return ModelList(data=[ModelCard(id=context.lab.lm.model_id, created=STARTED)])
 
     async def answer(
-        kind: Kind, body: StreamingFields, make: Callable[[Lab], list[GenerationRequest]], prompts: int
+        request: Request,
+        kind: Kind,
+        body: StreamingFields,
+        make: Callable[[Lab], list[GenerationRequest]],
+        prompts: int,
     ) -> Any:
         lab = context.lab
         requests = await context.admission.run(lambda: prepare(lab, lambda: make(lab)))
@@ -162,19 +166,21 @@ def build_openai_router(context: ApiContext) -> APIRouter:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        results = await context.admission.run(lambda: lab.generate(requests))
+        results = await context.admission.run_while_connected(lambda stop: lab.generate(requests, stop), request)
         return JSONResponse(completion_body(kind, lab, results, prompts, steering))
 
     @router.post(
         "/v1/chat/completions",
         summary="Chat, steered: OpenAI chat completions plus steering, positions and preferences",
     )
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
-        return await answer("chat", body, lambda lab: parsing.chat_requests(lab, context.uploads, body), 1)
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+        return await answer(request, "chat", body, lambda lab: parsing.chat_requests(lab, context.uploads, body), 1)
 
     @router.post("/v1/completions", summary="Continue text, steered: OpenAI completions plus steering")
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(request: Request, body: CompletionRequest) -> Any:
         prompts = 1 if isinstance(body.prompt, str) else len(body.prompt)
-        return await answer("text", body, lambda lab: parsing.completion_requests(lab, context.uploads, body), prompts)
+        return await answer(
+            request, "text", body, lambda lab: parsing.completion_requests(lab, context.uploads, body), prompts
+        )
 
     return router

@@ -16,12 +16,14 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+from starlette.requests import Request
 
 from app import limits
 from app.api.errors import ApiError
 
 T = TypeVar("T")
 _END = object()
+DISCONNECT_POLL_S = 0.5
 
 
 class Admission:
@@ -67,6 +69,29 @@ class Admission:
         """``function()`` in a worker thread, holding a slot; the caller awaits without blocking the loop."""
         with self.slot():
             return await anyio.to_thread.run_sync(function, limiter=self.limiter)
+
+    async def run_while_connected(self, function: Callable[[threading.Event], T], request: Request) -> T:
+        """``function(stop)`` in a worker thread; ``stop`` is set if the client hangs up meanwhile,
+        so the batcher drops the rows of an answer no one will read."""
+        stop = threading.Event()
+        result: list[T] = []
+        failure: list[Exception] = []  # raised after the task group, so it is not wrapped in a group
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            stop.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            try:
+                result.append(await self.run(lambda: function(stop)))
+            except Exception as error:
+                failure.append(error)
+            tasks.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        return result[0]
 
     async def stream(self, items: Iterator[T], stop: threading.Event) -> AsyncIterator[T]:
         """Yield ``items`` (a blocking iterator) one by one from worker threads.
