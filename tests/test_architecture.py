@@ -128,6 +128,16 @@ def test_the_core_never_imports_gradio(package: str):
         )
 
 
+@pytest.mark.parametrize("package", CORE)
+def test_the_core_never_imports_the_web_server(package: str):
+    for path in (APP / package).rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {n for n in names if n.split(".")[0] in {"fastapi", "starlette", "uvicorn"}}, path
+        assert not {n for n in names if n == "app.api" or n.startswith("app.api.")}, path
+
+
 def test_no_part_of_the_core_reaches_into_the_ui_or_commands():
     graph = import_graph()
     for name, imported in graph.items():

@@ -96,6 +96,11 @@ def test_the_environment_reaches_the_server(served):
         ("POST", "/gradio_api/call/health"),
         ("POST", "/gradio_api/upload"),
         ("GET", "/gradio_api/file=/etc/passwd"),
+        ("POST", "/v1/chat/completions"),  # the REST API (app/api) needs the same login
+        ("GET", "/v1/concepts"),
+        ("GET", "/v1/vectors/happy"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
     ],
 )
 def test_with_auth_set_an_unauthenticated_request_is_refused(served, method, route):

@@ -1,4 +1,5 @@
-"""``python -m app serve``: load a model, serve the app, then build the concept library in the background.
+"""``python -m app serve``: load a model, serve the app and its REST API (app/api), then build the
+concept library in the background.
 
 Safe by default (docs/security.md): binds 127.0.0.1, no share link, a login with ``--auth``,
 limits on every request (app/limits.py), uploads capped, and Gradio serves only the files it
@@ -105,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     limits = limits_module.configure(limits_module.from_args(args))
     options = launch_options(args, limits)  # a bad --auth fails before the model loads
+    from app.api.server import app_kwargs
     from app.lab import Lab
     from app.models.loading import load_model
     from app.models.registry import availabilities
@@ -126,7 +128,8 @@ def main(args: argparse.Namespace) -> int:
     log.info("limits: %s", limits)
     log.info("starting at http://%s:%d (%.1f s after launch)", args.host, args.port, time.monotonic() - started)
     demo.queue(default_concurrency_limit=16, max_size=limits.queue_size)
-    demo.launch(css=CSS, prevent_thread_lock=True, **options)
+    # The REST API (app/api, /docs) shares the port, the lab and the login with the UI.
+    demo.launch(css=CSS, prevent_thread_lock=True, app_kwargs=app_kwargs(holder, options["auth"]), **options)
     if not args.no_build:
         # Only now: the build shares the CPU with whatever it runs beside, and the page comes first.
         holder.lab.library.start_background_build()

@@ -1,0 +1,85 @@
+"""The REST API on the app's own server: ``serve`` passes :func:`app_kwargs` to ``demo.launch``.
+
+Gradio 6 serves the UI with FastAPI and hands ``launch(app_kwargs=...)`` to that FastAPI app, so
+the API shares the port, the process and the loaded lab with the UI. The routes are added in
+the app's lifespan (before the server accepts a connection); the error handlers are the app's
+own, answering only the API's paths. ``/docs`` and ``/openapi.json`` describe the API's routes
+alone and need the same login as the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.middleware import Middleware
+
+from app.api.auth import require_login
+from app.api.context import ApiContext
+from app.api.errors import EXCEPTION_HANDLERS, ApiRoute, BodyLimit
+from app.api.lab_routes import build_lab_router
+from app.api.openai_routes import build_openai_router
+from app.ui.state import LabHolder
+
+TITLE = "Steering Lab API"
+DESCRIPTION = """Steered generation for programs, beside the app's UI on the same port.
+
+`/v1/chat/completions`, `/v1/completions` and `/v1/models` follow the OpenAI API (the official
+`openai` client works unchanged), plus `steering` (concepts with strengths and layers),
+`positions` and `preferences` (the SELECT sliders). The other routes do what the UI's tabs do.
+With `serve --auth USER:PASSWORD`, send `Authorization: Bearer PASSWORD` (the OpenAI client's
+`api_key`) or HTTP basic auth. Errors are `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def build_router(context: ApiContext, auth: tuple[str, str] | None) -> APIRouter:
+    """Every API route, behind the login, with request bodies capped at the upload limit."""
+    router = APIRouter(
+        route_class=ApiRoute,
+        dependencies=[Depends(require_login(auth))],
+    )
+    router.include_router(build_openai_router(context))
+    router.include_router(build_lab_router(context))
+    return router
+
+
+def add_docs(app: FastAPI, router: APIRouter, auth: tuple[str, str] | None) -> None:
+    """``/openapi.json`` (the API's routes only) and the Swagger page ``/docs``."""
+    schema: dict[str, Any] = {}
+    docs_router = APIRouter(route_class=ApiRoute, dependencies=[Depends(require_login(auth))])
+
+    @docs_router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        if not schema:
+            schema.update(get_openapi(title=TITLE, version="1", description=DESCRIPTION, routes=router.routes))
+        return JSONResponse(schema)
+
+    @docs_router.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
+
+    app.include_router(docs_router)
+
+
+def app_kwargs(holder: LabHolder, auth: tuple[str, str] | None, context: ApiContext | None = None) -> dict[str, Any]:
+    """What ``demo.launch(app_kwargs=...)`` (or ``FastAPI(...)`` in tests) needs to serve the API."""
+    router = build_router(context or ApiContext(holder), auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.include_router(router)
+        add_docs(app, router, auth)
+        yield
+
+    make: Callable[[FastAPI], AbstractAsyncContextManager[None]] = lifespan
+    return {
+        "lifespan": make,
+        "exception_handlers": dict(EXCEPTION_HANDLERS),
+        "middleware": [Middleware(BodyLimit)],
+        "openapi_url": None,
+    }
