@@ -42,7 +42,7 @@ def parse_steer_spec(text: str) -> SteerSpec:
         if not math.isfinite(strength):
             raise ValueError(f"strength in {text!r} must be a finite number, got {strength_text!r}")
     source, at, layers_text = source.rpartition("@") if "@" in source else (source, "", "")
-    layers = parse_layer_list(layers_text, f" in {text!r}") if at else None
+    layers = parse_layer_numbers(layers_text, f" in {text!r}") if at else None
     if not source:
         raise ValueError(
             f"cannot read steering spec {text!r}: use NAME_OR_FILE[@LAYER,LAYER][=STRENGTH], e.g. happy@12=4"
@@ -50,7 +50,7 @@ def parse_steer_spec(text: str) -> SteerSpec:
     return SteerSpec(source=source, layers=layers, strength=strength)
 
 
-def parse_layer_list(text: str, where: str = "") -> tuple[int, ...]:
+def parse_layer_numbers(text: str, where: str = "") -> tuple[int, ...]:
     """``"10,12"`` -> ``(10, 12)``; ``where`` says where the text came from in the error."""
     if not re.fullmatch(r"\d{1,6}(,\d{1,6})*", text.strip()):
         raise ValueError(f"layers {text!r}{where} must be numbers separated by commas (e.g. happy@10,12)")

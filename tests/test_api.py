@@ -323,12 +323,16 @@ def test_download_upload_and_steer_with_a_vector(world, tmp_path):
     assert same[0] == same[1]
     assert "myhappy" in client.get("/v1/concepts").json()["uploaded_vectors"]
 
-    gguf = client.get("/v1/vectors/happy", params={"format": "gguf", "strength": 30})
+    gguf = client.get("/v1/vectors/happy", params={"format": "gguf", "strength": 30, "layers": "1,2"})
     assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF"
     up = client.post("/v1/vectors", files={"file": ("happy-cv.gguf", gguf.content)})
     assert up.status_code == 200 and up.json() == {**up.json(), "name": "happy-cv", "format": "gguf"}
     assert chat(client, steering=[{"concept": "happy-cv"}]).status_code == 200
     assert client.get("/v1/vectors/happy-cv", params={"format": "gguf"}).status_code == 400
+    layer_zero = client.get("/v1/vectors/happy", params={"format": "gguf", "layers": "0"})
+    assert layer_zero.status_code == 400 and "layer 0" in layer_zero.json()["error"]["message"]
+    bad_layers = client.get("/v1/vectors/happy", params={"format": "gguf", "layers": "1,x"})
+    assert bad_layers.status_code == 400 and bad_layers.json()["error"]["param"] == "layers"
 
 
 @pytest.mark.parametrize(

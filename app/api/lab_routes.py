@@ -7,6 +7,7 @@ import math
 import re
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +32,10 @@ from app.api.schemas import (
 from app.api.uploads import FORMATS, read_vector
 from app.lab import Lab
 from app.steering import concepts as concept_store
+from app.steering import control_vectors
 from app.steering.concepts import Concept
 from app.steering.generation import GenerationRequest
+from app.steering.layers import parse_layer_list
 from app.steering.library import Settings
 from app.steering.vectors import SteeringVector
 from app.ui.health import health_info
@@ -91,8 +94,15 @@ def create_concept(lab: Lab, body: ConceptCreateRequest) -> ConceptCreated:
     return ConceptCreated(concept=info, saved=f"custom/{concept.name}.json", layers=dict(stats))
 
 
-def vector_file(vector: SteeringVector, model_id: str, file_format: str, strength: float | None) -> tuple[bytes, str]:
-    """A vector as file bytes and a file name; a .gguf has ``strength`` (default: recommended) baked in."""
+def vector_file(
+    vector: SteeringVector,
+    model_id: str,
+    file_format: str,
+    strength: float | None,
+    layers: Sequence[int] | None = None,
+) -> tuple[bytes, str]:
+    """A vector as file bytes and a file name; a .gguf holds ``layers`` (default: the recommended ones)
+    with ``strength`` (default: the recommended one) baked in, as the lab would steer."""
     stem = re.sub(r"[^a-z0-9_.-]+", "-", f"{vector.name}-{model_id}".lower()).strip("-.") or "vector"
     with tempfile.TemporaryDirectory(prefix="steering-lab-download-") as folder:
         if file_format == "gguf":
@@ -101,7 +111,8 @@ def vector_file(vector: SteeringVector, model_id: str, file_format: str, strengt
                     "an uploaded .gguf vector is already in llama.cpp's format; download it as safetensors"
                 )
             chosen = vector.recommended_strength if strength is None else strength
-            path = vector.to_gguf(Path(folder) / f"{stem}.gguf", strength=chosen)
+            chosen_layers = vector.recommended_layers if layers is None else layers
+            path = control_vectors.save(vector, Path(folder) / f"{stem}.gguf", chosen, chosen_layers)
         else:
             path = vector.save(Path(folder) / f"{stem}.safetensors")
         return path.read_bytes(), path.name
@@ -195,6 +206,7 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         name: str,
         format: Literal["safetensors", "gguf"] = Query("safetensors"),
         strength: float | None = Query(None, description="baked into a .gguf (default: the recommended strength)"),
+        layers: str | None = Query(None, description="a .gguf's layers, e.g. 10,12 (default: the recommended ones)"),
     ) -> Response:
         lab = context.lab
         concept_store.validate_name(name)
@@ -203,8 +215,14 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         most = limits.current().max_strength
         if strength is not None and not (math.isfinite(strength) and abs(strength) <= most):
             raise ApiError(400, f"strength must be a finite number from -{most:g} to {most:g}", param="strength")
+        try:
+            chosen_layers = parse_layer_list(layers, lab.lm.n_layers)
+        except ValueError as error:
+            raise ApiError(400, str(error), param="layers") from None
         vector = await context.admission.run(lambda: parsing.resolve_vector(lab, context.uploads, name))
-        raw, filename = await context.admission.run(lambda: vector_file(vector, lab.lm.model_id, format, strength))
+        raw, filename = await context.admission.run(
+            lambda: vector_file(vector, lab.lm.model_id, format, strength, chosen_layers)
+        )
         return Response(
             raw,
             media_type="application/octet-stream",

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.lab import Lab
+from app.steering import control_vectors
 from app.steering.concepts import validate_name
 from app.steering.vectors import SteeringVector, VectorFileError
 
@@ -35,14 +36,14 @@ def read_vector(lab: Lab, raw: bytes, filename: str, name: str) -> SteeringVecto
             )
             vector = replace(loaded, name=name)
         else:
-            vector = SteeringVector.from_gguf(
+            vector = control_vectors.load(
                 path,
                 name=name,
                 model_id=lab.lm.model_id,
                 model_fingerprint=lab.lm.fingerprint,
-                norms={layer: 1.0 for layer in range(lab.engine.n_layers)},
+                expect_fingerprint=lab.lm.fingerprint,
+                expect_hidden_size=lab.lm.hidden_size,
             )
-            vector.check_model(None, lab.lm.hidden_size, source=filename)
     outside = sorted(layer for layer in vector.layers if layer >= lab.engine.n_layers)
     if outside:
         raise VectorFileError(

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from app.commands.common import add_model_arguments, open_lab, print_json
-from app.lab import parse_layer_list
+from app.lab import parse_layer_numbers
 from app.models import embedded
 from app.steering import control_vectors
 
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(f"wrote {args.out}")
         return 0
-    layers = parse_layer_list(args.layers, " (--layers)") if args.layers else None
+    layers = parse_layer_numbers(args.layers, " (--layers)") if args.layers else None
     steer = lab.make_steer(args.concept, args.strength, layers, "raw" if args.raw else "normalized")
     chosen = steer.resolved_layers()
     control_vectors.save(steer.vector, args.out, steer.strength, chosen, steer.unit)
