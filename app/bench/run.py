@@ -21,6 +21,7 @@ from app.bench import external, generation, library
 from app.bench.common import MIX, BenchConfig, BenchReport, Runner, format_cell
 from app.lab import Lab
 from app.models.loading import load_model
+from app.models.registry import resolve_model
 from app.steering.vectors import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def pick_vectors(lab: Lab) -> list[SteeringVector]:
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Load the model, run every measurement, return the report (targets checked, not enforced)."""
     say = progress or (lambda message: log.info("%s", message))
+    resolve_model(config.model)  # a model that is not set up stops the run here, before `serve` is timed
     threads = config.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     report = BenchReport(model=config.model, machine=machine_info(threads), settings=asdict(config))
