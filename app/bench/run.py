@@ -59,8 +59,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     report = BenchReport(model=config.model, machine=machine_info(threads), settings=asdict(config))
     report.settings["concepts_root"] = str(config.concepts_root) if config.concepts_root else None
     if config.cold_start:
-        say("cold start of `python -m app serve` (empty vector cache)")
-        report.add(external.measure_cold_start(config.model, config.device, config.concepts_root))
+        say("cold start of `python -m app serve` (empty vector cache), then a first user's comparison")
+        for metric in external.measure_cold_start(config.model, config.device, config.concepts_root):
+            report.add(metric)
     say(f"loading {config.model}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-vectors-") as vectors_dir:
