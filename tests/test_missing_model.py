@@ -19,6 +19,15 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 
+OWN_TESTS = {"bench", "random-model"}  # tested below, with their own arguments
+NEEDS_NO_MODEL = {"models"}  # lists the table; a missing model is a row, not an error
+
+
+def test_every_command_is_covered():
+    """A new command must say here how it behaves without its model."""
+    assert set(cli.COMMANDS) == set(COMMANDS) | OWN_TESTS | NEEDS_NO_MODEL
+
+
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERING_LAB_CACHE", str(tmp_path / "cache"))
