@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
 from app.analysis import umap_cache
+from app.storage import REPO_ROOT
 
 
 def test_every_compiled_umap_function_is_cached_in_cache_numba():
@@ -27,3 +35,26 @@ def test_the_warm_up_runs_as_its_own_low_priority_process(monkeypatch):
     ((command, options),) = started
     assert command[1:] == ["-m", "app.analysis.umap_cache", "--low-priority"]
     assert options["env"]["NUMBA_CACHE_DIR"] == str(umap_cache.numba_cache_dir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see whether the child lives")
+def test_the_warm_up_ends_with_the_app_that_started_it(tmp_path):
+    """A parent that starts the warm-up and exits at once leaves no compiling process behind."""
+    parent = "import sys; from app.analysis import umap_cache; print(umap_cache.start_warming().pid, flush=True)"
+    env = {**os.environ, "STEERING_LAB_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", parent], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    child = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 120
+    while _alive(child):
+        assert time.monotonic() < deadline, "the warm-up outlived the process that started it"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

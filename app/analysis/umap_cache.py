@@ -111,8 +111,22 @@ def start_warming() -> subprocess.Popen:
     )
 
 
+def _exit_with_parent() -> None:
+    """End this process when the app that started it ends (it would otherwise compile on alone)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 if __name__ == "__main__":
-    if "--low-priority" in sys.argv and hasattr(os, "nice"):
-        os.nice(19)  # the app's users and its library build come first
+    if "--low-priority" in sys.argv:
+        _exit_with_parent()
+        if hasattr(os, "nice"):
+            os.nice(19)  # the app's users and its library build come first
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log.info("UMAP ready in %.1f s (numba cache: %s)", warm(), numba_cache_dir())
