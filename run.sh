@@ -14,6 +14,8 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.requirements.sha256"
 CACHE="${STEERING_LAB_CACHE:-$ROOT/cache}"
 MIN_PY_MINOR=11  # numpy 2.4, scipy 1.17 and transformers 5.23 need Python 3.11
+DEFAULT_MODEL=qwen2.5-coder-0.5b-instruct  # what `python -m app serve` picks on a machine without a GPU
+TEST_MODEL=smollm2-135m-instruct           # what the integration tests load
 
 say() { printf '[run.sh] %s\n' "$*"; }
 die() { printf '[run.sh] ERROR: %s\n' "$1" >&2; shift; for line in "$@"; do printf '[run.sh]   %s\n' "$line" >&2; done; exit 1; }
@@ -43,7 +45,11 @@ say "python: $PY ($("$PY" -c 'import platform; print(platform.python_version())'
 free_gb() { df -Pk "$1" | awk 'NR==2 {printf "%d", $4 / 1048576}'; }
 need_gb=1
 [[ -x "$VENV/bin/python" ]] || need_gb=$((need_gb + 6))                  # torch, transformers, gradio
-compgen -G "$CACHE/models/*/config.json" >/dev/null || need_gb=$((need_gb + 4))  # two models
+if ! compgen -G "$CACHE/models/*/config.json" >/dev/null; then
+    need_gb=$((need_gb + 4))                                              # two models
+elif [[ "$mode" == serve && ! -f "$CACHE/models/$DEFAULT_MODEL/manifest.json" ]]; then
+    need_gb=$((need_gb + 3))                                              # the default model
+fi
 mkdir -p "$CACHE"
 have_gb=$(free_gb "$CACHE")
 if (( have_gb < need_gb )); then
@@ -78,20 +84,25 @@ else
     say "packages: up to date (requirements.txt unchanged)"
 fi
 
-# --- 5. a model in cache/models ------------------------------------------------------------
+# --- 5. models in cache/models ------------------------------------------------------------
 if [[ "$mode" == test ]]; then
     # The integration tests load SmolLM2; nothing else is needed to test.
-    if [[ ! -f "$CACHE/models/smollm2-135m-instruct/manifest.json" ]]; then
-        say "setting up the test model (smollm2-135m-instruct) in $CACHE/models ..."
-        "$ROOT/setup_local_cache.sh" --model smollm2-135m-instruct \
-            || die "could not set up smollm2-135m-instruct (see above)." "Fix the cause and run ./run.sh test again."
+    if [[ ! -f "$CACHE/models/$TEST_MODEL/manifest.json" ]]; then
+        say "setting up the test model ($TEST_MODEL) in $CACHE/models ..."
+        "$ROOT/setup_local_cache.sh" --model "$TEST_MODEL" \
+            || die "could not set up $TEST_MODEL (see above)." "Fix the cause and run ./run.sh test again."
     else
-        say "models: smollm2-135m-instruct is set up"
+        say "models: $TEST_MODEL is set up"
     fi
 elif ! compgen -G "$CACHE/models/*/config.json" >/dev/null; then
     say "no model set up in $CACHE/models yet: running ./setup_local_cache.sh (about 3 minutes) ..."
     "$ROOT/setup_local_cache.sh" || die "could not set up a model (see above)." \
         "Fix the cause and run ./run.sh again, or start with a model of your own: ./run.sh --model /path/to/model"
+elif [[ ! -f "$CACHE/models/$DEFAULT_MODEL/manifest.json" ]]; then
+    # Another model (e.g. SmolLM2 from ./run.sh test) must not stand in for the default one.
+    say "setting up the default model ($DEFAULT_MODEL) in $CACHE/models (about 2 minutes) ..."
+    "$ROOT/setup_local_cache.sh" --model "$DEFAULT_MODEL" \
+        || say "could not set up $DEFAULT_MODEL (see above); starting with the models already set up"
 else
     say "models: $(cd "$CACHE/models" && ls -d -- */ 2>/dev/null | tr -d / | tr '\n' ' ')"
 fi

@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     module = getattr(args, "_module", None)
     if module is None:
         parser.error(f"command {args.command!r} is not available in this build")
+    from app.models.registry import ModelNotAvailable  # only now: `--help` stays fast
+
     try:
         return int(module.main(args) or 0)
+    except ModelNotAvailable as error:  # a model that is not set up here: say how to set it up
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:  # input and file problems: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from tests.test_extraction import NEG, POS
 
 EXPECTED = {
     "cold_start_serve",
+    "first_comparison_after_page",
     "library_build",
     "library_build_vs_extraction_forwards",
     "prefill_tokens_per_s",
@@ -90,9 +91,9 @@ def test_quick_bench_reports_every_metric_with_finite_numbers(
         assert metric["ours"] >= 0, name
         if metric["reference"] is None:
             # only a reference library that cannot run here may leave its figure out, and it says why
-            assert name.startswith(("steering_vectors_", "repeng_", "prefill_", "library_load", "cold_start", "rss")), (
-                name
-            )
+            assert name.startswith(
+                ("steering_vectors_", "repeng_", "prefill_", "library_load", "cold_start", "first_comparison", "rss")
+            ), name
             if name.startswith(("steering_vectors_", "repeng_")):
                 assert "usable" in metric["note"] or "failed" in metric["note"], metric["note"]
         else:

@@ -62,10 +62,9 @@ def embed_2d(points: np.ndarray, method: MapMethod = "auto", random_state: int =
     if n < MIN_UMAP_POINTS:
         return pca_2d(points), "pca", f"PCA: {n} points are too few for UMAP (it needs {MIN_UMAP_POINTS})"
     try:
-        import umap  # slow to import (numba); only when a map is asked for
+        from app.analysis.umap_cache import umap_2d  # slow to import (numba); only when a map is asked for
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), init="pca", random_state=random_state, n_jobs=1)
-        return np.asarray(reducer.fit_transform(points), dtype=np.float64), "umap", ""
+        return umap_2d(points, random_state), "umap", ""
     except Exception as error:  # UMAP's failures on odd data must not cost the user the map
         return pca_2d(points), "pca", f"PCA: UMAP failed ({type(error).__name__}: {error})"
 

@@ -60,7 +60,7 @@ class BenchConfig:
         repeats: repetitions of each timed generation (medians are kept); overhead gets twice as many.
         quick: a smoke run (the CLI lowers tokens and repetitions).
         references: compare with steering-vectors and repeng when installed.
-        cold_start: time ``python -m app serve`` until its page answers.
+        cold_start: time ``python -m app serve`` until its page answers, then a first comparison.
     """
 
     model: str = DEFAULT_MODEL

@@ -38,11 +38,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_cold_start(model: str, device: str, concepts_root: Path | None = None, timeout_s: float = 240) -> Metric:
-    """Seconds from launching ``python -m app serve`` until its page answers HTTP 200.
+def measure_cold_start(
+    model: str, device: str, concepts_root: Path | None = None, timeout_s: float = 240
+) -> list[Metric]:
+    """Seconds from launching ``python -m app serve`` until its page answers HTTP 200, then from
+    there until a first user's comparison comes back.
 
     The model cache is the one set up here (linked in); the vector cache is empty, as on a first
-    launch, so the library build starts behind the page. Hub checks are off (HF_HUB_OFFLINE=1):
+    launch, so the library build starts behind the page and the concept the first user asks for is
+    not built yet. The first user submits the Playground's default form unchanged (gradio_client
+    fills in each field's default, as the page shows it). Hub checks are off (HF_HUB_OFFLINE=1):
     they measure the network, not the app.
     """
     from app.models.embedded import models_dir
@@ -74,6 +79,7 @@ def measure_cold_start(model: str, device: str, concepts_root: Path | None = Non
                 elapsed = _wait_for_page(opener, port, process, started, timeout_s, log_path)
                 vectors = cache / "vectors"
                 built = len(list(vectors.rglob("*.safetensors"))) if vectors.exists() else 0
+                first = _first_comparison(f"http://127.0.0.1:{port}/", timeout_s)
             finally:
                 process.terminate()
                 try:
@@ -81,14 +87,55 @@ def measure_cold_start(model: str, device: str, concepts_root: Path | None = Non
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+    return [
+        Metric(
+            "cold_start_serve",
+            elapsed,
+            "s",
+            target="<= 20",
+            note=f"launch to HTTP 200 with an empty vector cache; {built} concept files already built "
+            "by the background build when the page answered",
+        ),
+        first,
+    ]
+
+
+def _first_comparison(url: str, timeout_s: float) -> Metric:
+    """A first user's click: connect, submit the Playground's default form, wait for the whole result."""
+    from gradio_client import Client
+
+    started = time.perf_counter()
+    client = Client(
+        url, verbose=False, download_files=False, analytics_enabled=False, httpx_kwargs={"timeout": timeout_s}
+    )
+    library_before = client.predict(api_name="/health")["library"]
+    outputs = client.predict(*_default_inputs(client.config, "generate"), api_name="/generate")
+    elapsed = time.perf_counter() - started
+    library_after = client.predict(api_name="/health")["library"]
+    status = str(outputs[2])
+    if not status.startswith("Done"):
+        raise RuntimeError(f"the first comparison did not finish: {status!r}")
     return Metric(
-        "cold_start_serve",
+        "first_comparison_after_page",
         elapsed,
         "s",
-        target="<= 20",
-        note=f"launch to HTTP 200 with an empty vector cache; {built} concept files already built "
-        "by the background build when the page answered",
+        target="<= 30",
+        note=f"the Playground's default form, submitted once the page answers, until its last output; "
+        f"library {library_before['status']} {library_before['ready']} ready before, "
+        f"{library_after['status']} {library_after['ready']} ready after ({status})",
     )
+
+
+def _default_inputs(config: dict, api_name: str) -> list:
+    """The values an event's inputs show when the page opens (an empty text box sends "")."""
+    event = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
+    components = {c["id"]: c for c in config["components"]}
+    values = []
+    for component_id in event["inputs"]:
+        component = components[component_id]
+        value = component.get("props", {}).get("value")
+        values.append("" if value is None and component.get("type") == "textbox" else value)
+    return values
 
 
 def _wait_for_page(

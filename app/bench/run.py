@@ -21,6 +21,7 @@ from app.bench import external, generation, library
 from app.bench.common import MIX, BenchConfig, BenchReport, Runner, format_cell
 from app.lab import Lab
 from app.models.loading import load_model
+from app.models.registry import resolve_model
 from app.steering.vectors import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,15 @@ def pick_vectors(lab: Lab) -> list[SteeringVector]:
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Load the model, run every measurement, return the report (targets checked, not enforced)."""
     say = progress or (lambda message: log.info("%s", message))
+    resolve_model(config.model)  # a model that is not set up stops the run here, before `serve` is timed
     threads = config.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     report = BenchReport(model=config.model, machine=machine_info(threads), settings=asdict(config))
     report.settings["concepts_root"] = str(config.concepts_root) if config.concepts_root else None
     if config.cold_start:
-        say("cold start of `python -m app serve` (empty vector cache)")
-        report.add(external.measure_cold_start(config.model, config.device, config.concepts_root))
+        say("cold start of `python -m app serve` (empty vector cache), then a first user's comparison")
+        for metric in external.measure_cold_start(config.model, config.device, config.concepts_root):
+            report.add(metric)
     say(f"loading {config.model}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-vectors-") as vectors_dir:

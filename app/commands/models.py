@@ -18,7 +18,7 @@ def main(args: argparse.Namespace) -> int:
     avail = registry.availabilities()
     try:
         picked, reason = registry.auto_select(device, avail)
-    except FileNotFoundError as error:
+    except registry.ModelNotAvailable as error:
         picked, reason = None, str(error)
     rows = [
         {

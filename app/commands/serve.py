@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USER:PASS",
         help="require a login (or set STEERING_LAB_AUTH); use it for a class server",
     )
-    parser.add_argument("--no-build", action="store_true", help="do not build the concept library at start")
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="no background work at start: neither the concept library build nor the concept map's warm-up",
+    )
     parser.add_argument(
         "--lock-model",
         action="store_true",
@@ -133,5 +137,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_build:
         # Only now: the build shares the CPU with whatever it runs beside, and the page comes first.
         holder.lab.library.start_background_build()
+        from app.analysis.umap_cache import start_warming
+
+        start_warming()  # the concept map's UMAP compiles in a low-priority child, not at the first map
     demo.block_thread()
     return 0

@@ -109,7 +109,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
 
     Raises:
         ValueError: unknown id or a path that is not a model; a device that is not present.
-        FileNotFoundError: the model is not available here (the message says how to get it).
+        registry.ModelNotAvailable: the model is not available here (the message says how to get it).
     """
     dev, dtype = pick_device(device)
     info = registry.detect_device(str(dev) if device else None) if spec is None else None

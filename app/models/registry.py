@@ -24,6 +24,13 @@ HUB_TIMEOUT_S = 3.0
 HUB_ENDPOINT = "https://huggingface.co"
 
 
+class ModelNotAvailable(FileNotFoundError):
+    """A model that is not set up (or cannot be reached) here; the message says how to get it.
+
+    Every command ends with this message and a non-zero exit (app/cli.py), never a traceback.
+    """
+
+
 @dataclass(frozen=True)
 class ModelRow:
     id: str
@@ -297,7 +304,7 @@ def auto_select(device: DeviceInfo | None = None, avail: dict[str, Availability]
             because = "; ".join(skipped)
             return row.id, f"picked {row.id} (embedded) on {where}: {because}"
         skipped.append(f"{row.id} needs {row.memory_needed_gb(device.dtype_bytes):.1f} GB")
-    raise FileNotFoundError(
+    raise ModelNotAvailable(
         f"no model fits and is available on {where}: {'; '.join(skipped) or 'no embedded model set up'}. "
         "Run ./setup_local_cache.sh to set up the embedded models, or pass --model."
     )
@@ -318,7 +325,7 @@ def resolve_model(spec: str | None, device: DeviceInfo | None = None) -> Resolve
 
     Raises:
         ValueError: unknown id, or a path that is not a model.
-        FileNotFoundError: a known model that is not available here (with what to do).
+        ModelNotAvailable: a known model that is not available here (with what to do).
     """
     if spec is None:
         model_id, reason = auto_select(device)
@@ -346,10 +353,10 @@ def _source(model_id: str) -> str:
     if local:
         return str(local)
     if row.embedded:
-        raise FileNotFoundError(f"{model_id} is not set up: run ./setup_local_cache.sh --model {model_id}")
+        raise ModelNotAvailable(f"{model_id} is not set up: run ./setup_local_cache.sh --model {model_id}")
     state = availability(model_id)
     if state.status == "unavailable":
-        raise FileNotFoundError(f"{model_id} is not available: {state.detail}")
+        raise ModelNotAvailable(f"{model_id} is not available: {state.detail}")
     return row.repo if state.status == "downloadable" and row.repo else state.detail
 
 

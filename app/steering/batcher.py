@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
@@ -25,6 +25,7 @@ _DONE = object()
 class _Ticket:
     requests: Sequence[GenerationRequest]
     stop: StopSignal | None
+    release_claim: Callable[[], None]  # the caller's claim on the model lock, until its batch starts
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -74,7 +75,9 @@ class GenerationBatcher:
         if len(requests) > self.max_rows:
             raise ValueError(f"at most {self.max_rows} rows per request, got {len(requests)}")
         validate_batch(self.engine, requests, self.tokenizer, is_chat=self.is_chat)  # limits, prompt tokens
-        ticket = _Ticket(list(requests), stop)
+        # From now until its batch holds the model lock, this request is pending foreground work:
+        # a background build does not start another forward pass meanwhile.
+        ticket = _Ticket(list(requests), stop, self.engine.lock.claim())
         self._ensure_worker()
         self._pending.put(ticket)
         try:
@@ -87,6 +90,7 @@ class GenerationBatcher:
                 yield item
         finally:
             ticket.cancelled.set()
+            ticket.release_claim()
 
     def _ensure_worker(self) -> None:
         with self._start_lock:
@@ -107,6 +111,10 @@ class GenerationBatcher:
                 break
             tickets.append(ticket)
             rows += len(ticket.requests)
+        for ticket in tickets:
+            if ticket.over:  # stopped or gone before its batch started: it ends here
+                ticket.release_claim()
+                ticket.out.put(_DONE)
         return [t for t in tickets if not t.over]
 
     def _run(self) -> None:
@@ -125,29 +133,40 @@ class GenerationBatcher:
             start += len(ticket.requests)
         open_tickets = set(range(len(tickets)))
         try:
-            for results in stream_generate(
-                self.engine, self.tokenizer, rows, is_chat=self.is_chat, stop=_AllOver(tickets)
-            ):
-                for index in list(open_tickets):
-                    ticket, (lo, hi) = tickets[index], spans[index]
-                    mine = [_snapshot(result) for result in results[lo:hi]]
-                    if ticket.over:
-                        for result in mine:
-                            result.finish_reason = result.finish_reason or "stopped"
-                        ticket.out.put(mine)
-                        ticket.out.put(_DONE)
-                        open_tickets.discard(index)
-                        continue
-                    ticket.out.put(mine)
-                    if all(result.finish_reason for result in mine):
-                        ticket.out.put(_DONE)
-                        open_tickets.discard(index)
+            with self.engine.lock:  # the batch holds the model now: its callers' claims are done
+                for ticket in tickets:
+                    ticket.release_claim()
+                self._deliver(tickets, spans, open_tickets, rows)
         except BaseException as error:  # hand the error to every caller; the worker lives on
             for index in open_tickets:
                 tickets[index].out.put(error)
             open_tickets.clear()
         for index in open_tickets:
             tickets[index].out.put(_DONE)
+
+    def _deliver(
+        self,
+        tickets: list[_Ticket],
+        spans: list[tuple[int, int]],
+        open_tickets: set[int],
+        rows: list[GenerationRequest],
+    ) -> None:
+        """Generate the batch and hand each caller its rows after every step."""
+        for results in stream_generate(self.engine, self.tokenizer, rows, is_chat=self.is_chat, stop=_AllOver(tickets)):
+            for index in list(open_tickets):
+                ticket, (lo, hi) = tickets[index], spans[index]
+                mine = [_snapshot(result) for result in results[lo:hi]]
+                if ticket.over:
+                    for result in mine:
+                        result.finish_reason = result.finish_reason or "stopped"
+                    ticket.out.put(mine)
+                    ticket.out.put(_DONE)
+                    open_tickets.discard(index)
+                    continue
+                ticket.out.put(mine)
+                if all(result.finish_reason for result in mine):
+                    ticket.out.put(_DONE)
+                    open_tickets.discard(index)
 
 
 def _snapshot(result: GenerationResult) -> GenerationResult:

@@ -16,7 +16,6 @@ id and ``L`` the row's prompt length in tokens:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from app.steering.layers import get_layers, layer_output_tensor, replace_layer_output
+from app.steering.model_lock import ModelLock
 from app.steering.vectors import SteeringVector
 
 PositionMode = Literal["all", "prompt", "generated", "last"]
@@ -132,7 +132,8 @@ class _ActiveHooks:
 
 class SteeringEngine:
     """Steers one model. Use :meth:`steer` as a context manager: it holds :attr:`lock` (re-entrant)
-    for the whole block, so other threads' forward passes wait instead of passing through its hooks."""
+    for the whole block, so other threads' forward passes wait instead of passing through its hooks.
+    The lock lets a user's work go before background work (app/steering/model_lock.py)."""
 
     def __init__(self, model: nn.Module, layer_path: str | None = None) -> None:
         self.model = model
@@ -140,7 +141,7 @@ class SteeringEngine:
         self.n_layers = len(self.layers)
         config: Any = model.config
         self.hidden_size = int(config.hidden_size)
-        self.lock = threading.RLock()
+        self.lock = ModelLock()
         self._active: list[_ActiveHooks] = []
 
     @property

@@ -3,7 +3,8 @@
 Files live in ``cache/vectors/<model fingerprint>/<name>-<content hash>-<settings>.safetensors``:
 an edited concept or another model gets a new key and is recomputed, never silently reused. A
 file that cannot be read or belongs to another model is rebuilt with a warning. Builds can run
-in a background thread while the app answers; a concept someone asks for is built first.
+in a background thread while the app answers; a concept someone asks for is built at once in
+their call, while the background build waits between its forward passes.
 """
 
 from __future__ import annotations
@@ -110,7 +111,10 @@ class VectorLibrary:
                     break
             event.wait()  # another thread is building it: take its result
         try:
-            vector = self._load_or_build(concept, settings, progress)
+            # A user's build runs now, in the user's call: the background build pauses at its next
+            # forward pass until this one is done (a claim of the model lock; none for the build itself).
+            with self.engine.lock.foreground():
+                vector = self._load_or_build(concept, settings, progress)
             with self._lock:
                 self._vectors[key] = vector
                 if settings == default_settings(concept) and self._is_saved(concept):
@@ -243,11 +247,19 @@ class VectorLibrary:
         with self._lock:
             return sorted(k for k in self._vectors if ":" not in k)
 
+    def _build_in_background(self) -> None:
+        with self.engine.lock.background():  # every forward pass of the build yields to a user's
+            self.build_all()
+
     def start_background_build(self) -> threading.Thread:
-        """Build missing concepts in a daemon thread; the app keeps answering meanwhile."""
+        """Build missing concepts in a daemon thread; the app keeps answering meanwhile.
+
+        The thread is background work for the engine's lock: before each of its forward passes it
+        waits while a user's work is pending (a generation, a concept asked for), so a user waits
+        at most one forward pass of the build, never for a whole concept."""
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
                 return self._worker
-            self._worker = threading.Thread(target=self.build_all, name="library-build", daemon=True)
+            self._worker = threading.Thread(target=self._build_in_background, name="library-build", daemon=True)
             self._worker.start()
             return self._worker

@@ -102,7 +102,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start_server() -> AppServer:
+def _start_server(*, first_launch: bool = False) -> AppServer:
+    """Serve SmolLM2. ``first_launch``: with an empty vector cache and the library build running
+    behind the page, as on a fresh clone; otherwise vectors built here are reused and nothing builds."""
     from app.models.embedded import is_set_up, models_dir
 
     models = models_dir()
@@ -113,7 +115,7 @@ def _start_server() -> AppServer:
     cache.mkdir()
     (cache / "models").symlink_to(models.resolve(), target_is_directory=True)
     vectors = models.parent / "vectors"
-    if vectors.is_dir():  # reuse vectors already built on this machine (same model fingerprint)
+    if vectors.is_dir() and not first_launch:  # reuse vectors already built here (same model fingerprint)
         shutil.copytree(vectors, cache / "vectors")
     shutil.copytree(REPO_ROOT / "concepts", root / "concepts")
     port = _free_port()
@@ -126,7 +128,9 @@ def _start_server() -> AppServer:
         "PYTHONUNBUFFERED": "1",
     }
     log_path = root / "server.log"
-    command = [sys.executable, "-m", "app", "serve", "--model", MODEL_ID, "--port", str(port), "--no-build"]
+    command = [sys.executable, "-m", "app", "serve", "--model", MODEL_ID, "--port", str(port)]
+    if not first_launch:
+        command.append("--no-build")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = AppServer(url=f"http://127.0.0.1:{port}/", process=process, root=root, log_path=log_path)
