@@ -173,3 +173,15 @@ def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch)
     monkeypatch.setenv(kernels.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="STEERING_LAB_LINEAR='fastest' is not a linear kernel"):
         kernels.tune(model, torch.device("cpu"), torch.float32)
+
+
+def test_the_reason_warns_when_openmp_threads_spin(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_TIMED", {})
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "OMP_WAIT_POLICY" not in kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32).reason
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert (
+        "OMP_WAIT_POLICY is not PASSIVE"
+        in kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32).reason
+    )

@@ -163,6 +163,16 @@ def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: i
     return seconds
 
 
+def _spin_warning() -> str:
+    """A note when OpenMP threads spin: on busy cores that, not the kernels, decides the timings."""
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+        return ""
+    return (
+        "; OMP_WAIT_POLICY is not PASSIVE, so on busy cores spinning threads skew these timings"
+        " (python -m app sets it; docs/performance.md)"
+    )
+
+
 def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelChoice:
     """Choose the kernel for ``model`` (already on ``device``) and switch to it."""
     forced = os.environ.get(ENV_VAR, "").strip().lower()
@@ -187,7 +197,7 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
         choice = KernelChoice(
             decide(seconds),
             f"transposed/torch time, medians of {pairs} back-to-back pairs: {per_rows}, overall "
-            f"{overall_ratio(seconds):.2f}x (switch at <= {MIN_GAIN}x, no row count over 1.1x; {when})",
+            f"{overall_ratio(seconds):.2f}x (switch at <= {MIN_GAIN}x, no row count over 1.1x; {when}){_spin_warning()}",
             seconds,
         )
     use(model, choice.kernel)
