@@ -28,6 +28,8 @@ EXPECTED = {
     "side_by_side_batched",
     "side_by_side_sequential",
     "layer_sweep_batched",
+    "decode_unsteered_share_of_bandwidth_limit",
+    "decode_steered_share_of_bandwidth_limit",
     "concurrent_users_8",
     "concurrent_outputs_identical",
     "steering_memory_one_layer",
@@ -103,6 +105,32 @@ def test_quick_bench_reports_every_metric_with_finite_numbers(
             assert metric["passed"] in (True, False), name
     assert metrics["concurrent_outputs_identical"]["reference"] == 8
     assert report["machine"]["torch_threads"] >= 1 and report["settings"]["new_tokens"] == 4
+    assert report["machine"]["read_bandwidth_gb_s"] > 0 and report["machine"]["weight_bytes_per_token"] > 0
+    assert any(note.startswith("llama.cpp reference") for note in report["notes"])  # not an embedded model
+
+
+def test_weight_bytes_per_token_count_tied_weights_once_and_skip_an_untied_embedding():
+    from app.bench.roofline import weight_bytes_per_token
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model("llama")
+    everything = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()
+    expected = everything if tied else everything - embedding.numel() * embedding.element_size()
+    assert weight_bytes_per_token(model) == expected
+    model.lm_head.weight = embedding  # tie them: the head reads the whole matrix, counted once
+    assert weight_bytes_per_token(model) == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_llama_bench_is_looked_for_where_the_environment_says(monkeypatch, tmp_path):
+    from app.bench import roofline
+
+    binary = tmp_path / "llama-bench"
+    monkeypatch.setenv(roofline.LLAMA_BENCH_ENV, str(binary))
+    assert roofline.find_llama_bench() is None
+    binary.write_text("")
+    assert roofline.find_llama_bench() == binary
 
 
 def test_metric_checks_its_target_on_the_ratio_or_the_value():

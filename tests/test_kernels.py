@@ -78,8 +78,12 @@ def test_batched_generation_equals_one_at_a_time_with_the_transposed_kernel(mode
     assert engine.hook_count() == 0
 
 
-def times(transposed: dict[int, float], torch_: dict[int, float]) -> dict:
-    return {"transposed": transposed, "torch": torch_}
+def times(transposed: dict[int, float], torch_: dict[int, float], pairs: int = 5) -> dict:
+    """Steady timings: every pair the same."""
+    return {
+        "transposed": {m: [t] * pairs for m, t in transposed.items()},
+        "torch": {m: [t] * pairs for m, t in torch_.items()},
+    }
 
 
 @pytest.mark.parametrize(
@@ -95,12 +99,49 @@ def test_decide(transposed, torch_, expected):
     assert kernels.decide(times(transposed, torch_)) == expected
 
 
+def busy(seconds: dict, bursts: list[tuple[str, int, int, float]]) -> dict:
+    """``seconds`` with load bursts: (kernel, rows, pair, factor) multiplies that pass's time."""
+    disturbed = {kernel: {m: list(ts) for m, ts in by_rows.items()} for kernel, by_rows in seconds.items()}
+    for kernel, rows, pair, factor in bursts:
+        disturbed[kernel][rows][pair] *= factor
+    return disturbed
+
+
+# A quiet machine where the transposed kernel is clearly faster (as measured on the EPYC here).
+QUIET = times({1: 0.56, 4: 0.54, 64: 0.96}, {1: 1.0, 4: 1.0, 64: 1.0})
+
+
+@pytest.mark.parametrize(
+    "bursts",
+    [
+        [("transposed", 1, 0, 11.7)],  # the reported case: one row looked 11.69x slower
+        [("transposed", 1, 0, 20.0), ("transposed", 1, 3, 20.0)],  # two bursts on the same row count
+        [("transposed", 64, 2, 3.0), ("torch", 4, 1, 0.5), ("transposed", 4, 4, 5.0)],  # scattered bursts
+        [("torch", rows, pair, 4.0) for rows in (1, 4, 64) for pair in (1, 2)]  # bursts on torch's passes
+        + [("transposed", rows, pair, 4.0) for rows in (1, 4, 64) for pair in (3, 4)],
+    ],
+)
+def test_a_busy_machine_chooses_what_a_quiet_one_chooses(bursts):
+    assert kernels.decide(QUIET) == "transposed"
+    assert kernels.decide(busy(QUIET, bursts)) == "transposed"
+    steady_torch = times({1: 1.0, 4: 1.0, 64: 1.0}, {1: 0.9, 4: 0.9, 64: 0.9})
+    assert kernels.decide(busy(steady_torch, [(k, m, p, 1 / f) for k, m, p, f in bursts])) == "torch"
+
+
+def test_ratios_are_medians_of_pairs():
+    seconds = busy(QUIET, [("transposed", 1, 0, 11.7)])
+    assert kernels.ratios(seconds) == pytest.approx({1: 0.56, 4: 0.54, 64: 0.96})
+    assert kernels.overall_ratio(seconds) == pytest.approx((0.56 + 0.54 + 0.96) / 3)
+
+
 def test_tune_times_both_kernels_on_cpu_float32(monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     model = make_tiny_model("llama")
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert set(choice.seconds) == {"torch", "transposed"}
-    assert all(set(s) == set(kernels.TUNE_ROWS) and min(s.values()) > 0 for s in choice.seconds.values())
+    for by_rows in choice.seconds.values():
+        assert set(by_rows) == set(kernels.TUNE_ROWS)
+        assert all(len(ts) == kernels.TUNE_PAIRS and min(ts) > 0 for ts in by_rows.values())
     assert choice.kernel == kernels.decide(choice.seconds)
     in_use = {type(m) for m in model.modules()} & {nn.Linear, TransposedLinear}
     assert in_use == {TransposedLinear if choice.kernel == "transposed" else nn.Linear}
@@ -113,6 +154,7 @@ def test_tune_times_weights_of_the_same_shapes_once_per_process(monkeypatch):
     again = kernels.tune(make_tiny_model("llama", seed=1), torch.device("cpu"), torch.float32)
     assert again.seconds is first.seconds and again.kernel == first.kernel
     assert "timed in" in first.reason and "timed earlier in this process" in again.reason
+    assert f"medians of {kernels.TUNE_PAIRS} back-to-back pairs" in first.reason
     other = kernels.tune(make_tiny_model("phi3"), torch.device("cpu"), torch.float32)  # other shapes
     assert other.seconds is not first.seconds and len(kernels._TIMED) == 2
 
@@ -131,3 +173,15 @@ def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch)
     monkeypatch.setenv(kernels.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="STEERING_LAB_LINEAR='fastest' is not a linear kernel"):
         kernels.tune(model, torch.device("cpu"), torch.float32)
+
+
+def test_the_reason_warns_when_openmp_threads_spin(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_TIMED", {})
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "OMP_WAIT_POLICY" not in kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32).reason
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert (
+        "OMP_WAIT_POLICY is not PASSIVE"
+        in kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32).reason
+    )

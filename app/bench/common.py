@@ -10,7 +10,9 @@ measures, on one loaded model with greedy decoding:
 - the concept library build against its forward passes alone, and loading it from the cache;
 - eight concurrent users through the batcher against serving them one at a time;
 - the memory steering adds; cold start of ``serve``; the steering-vectors and repeng libraries
-  (the last two in :mod:`app.bench.external`).
+  (the last two in :mod:`app.bench.external`);
+- decode speed as a share of the memory-bandwidth limit, and llama.cpp on the same GGUF
+  (:mod:`app.bench.roofline`).
 
 Timed generations suppress the end-of-sequence token, so every run makes exactly the asked
 number of tokens and runs compare equal work; tokens/s counts new tokens over the whole call

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from app.bench import external, generation, library
+from app.bench import external, generation, library, roofline
 from app.bench.common import MIX, BenchConfig, BenchReport, Runner, format_cell
 from app.lab import Lab
 from app.models.loading import load_model
@@ -35,6 +35,7 @@ def machine_info(threads: int) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin)"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
@@ -79,6 +80,17 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         runner = Runner(lab, config.new_tokens)
         say("steering overhead, side by side, layer sweep")
         ours = generation.measure_generation(runner, vectors, config, report)
+        say("decode speed against the memory-bandwidth limit, and llama.cpp")
+        roofline.measure_share(report, lab.lm.model, ours["decode_tokens_per_s"])
+        if config.device == "cpu":
+            roofline.measure_llama_cpp(
+                report,
+                lab.lm.model_id,
+                ours["decode_tokens_per_s"]["unsteered"],
+                config.new_tokens,
+                threads,
+                1 if config.quick else 3,
+            )
         say(f"{config.users} concurrent users")
         generation.measure_concurrency(lab, vectors, config, report)
         say("memory")

@@ -7,8 +7,9 @@ side-by-side runs or concurrent users buys nothing. One row is the slowest case 
 matrix-vector product), so a single row is computed as two.
 
 :func:`tune` times both forms on the model's own weights at load (once per process for weights
-of the same shapes) and switches the model's linear layers to :class:`TransposedLinear` only
-when that is clearly faster here. The switch changes which kernel runs, nothing else: same
+of the same shapes), in back-to-back pairs whose ratios are compared by their median, so a busy
+machine and a quiet one make the same choice, and switches the model's linear layers to
+:class:`TransposedLinear` only when that is clearly faster here. The switch changes which kernel runs, nothing else: same
 modules, same parameters, same state dict, and :func:`restore` switches back.
 ``STEERING_LAB_LINEAR=torch|transposed`` overrides the choice.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +35,11 @@ ENV_VAR = "STEERING_LAB_LINEAR"
 TUNE_ROWS = (1, 4, 64)  # a decoding step alone, a small batch of them, a prompt
 TUNE_BYTES = 96 * 2**20  # weights timed per pass: about 3x a large L3 cache, so memory speed counts
 MIN_GAIN = 0.9  # switch only when the transposed form takes at most 90% of torch's time overall
+TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
 
 # Timings already taken in this process, by the sampled weights' shapes and the thread count: a
 # model loaded again (tests, the model switcher, the benchmark) keeps its choice, untimed.
-_TIMED: dict[tuple, dict[Kernel, dict[int, float]]] = {}
+_TIMED: dict[tuple, Samples] = {}
 
 
 class TransposedLinear(nn.Linear):
@@ -81,21 +84,44 @@ def restore(model: nn.Module) -> int:
     return len(changed)
 
 
+Samples = dict[Kernel, dict[int, list[float]]]  # kernel -> rows -> seconds of each timed pass
+
+
 @dataclass
 class KernelChoice:
-    """What :func:`tune` chose and why: seconds per pass over the sampled weights, per row count."""
+    """What :func:`tune` chose and why: seconds of each timed pass over the sampled weights,
+    per kernel and row count (pass ``i`` of both kernels ran back to back)."""
 
     kernel: Kernel
     reason: str
-    seconds: dict[Kernel, dict[int, float]] = field(default_factory=dict)
+    seconds: Samples = field(default_factory=dict)
 
 
-def decide(seconds: dict[Kernel, dict[int, float]], min_gain: float = MIN_GAIN) -> Kernel:
-    """``transposed`` when its total time is at most ``min_gain`` x torch's and no row count is
-    more than 10% slower with it; otherwise ``torch``."""
+def ratios(seconds: Samples) -> dict[int, float]:
+    """Per row count, the median over pairs of transposed/torch time.
+
+    Each pair ran back to back, so a burst of load from another process mostly hits one pair
+    (and is outvoted by the others) or both halves of a pair (and cancels in its ratio); a
+    best-of-n time per kernel does neither, which once gave "1 rows 11.69x" on a busy machine.
+    """
     ours, theirs = seconds["transposed"], seconds["torch"]
-    overall = sum(ours.values()) <= min_gain * sum(theirs.values())
-    nowhere_worse = all(ours[rows] <= 1.1 * theirs[rows] for rows in theirs)
+    return {rows: statistics.median(a / b for a, b in zip(ours[rows], theirs[rows])) for rows in theirs}
+
+
+def overall_ratio(seconds: Samples) -> float:
+    """Median over pairs of the transposed/torch time summed over every row count."""
+    ours, theirs = seconds["transposed"], seconds["torch"]
+    pairs = len(next(iter(theirs.values())))
+    return statistics.median(
+        sum(ours[rows][i] for rows in ours) / sum(theirs[rows][i] for rows in theirs) for i in range(pairs)
+    )
+
+
+def decide(seconds: Samples, min_gain: float = MIN_GAIN) -> Kernel:
+    """``transposed`` when its time summed over the row counts is at most ``min_gain`` x torch's
+    and no row count is more than 10% slower with it (medians of paired ratios); else ``torch``."""
+    overall = overall_ratio(seconds) <= min_gain
+    nowhere_worse = all(ratio <= 1.1 for ratio in ratios(seconds).values())
     return "transposed" if overall and nowhere_worse else "torch"
 
 
@@ -115,27 +141,36 @@ def _sample_weights(model: nn.Module, budget: int) -> list[nn.Linear]:
 
 
 @torch.inference_mode()
-def time_kernels(
-    model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = 3
-) -> dict[Kernel, dict[int, float]]:
-    """Best-of-``repeats`` seconds of one pass over a sample of the model's linear layers."""
+def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS) -> Samples:
+    """Seconds of ``repeats`` pairs of passes (one per kernel, back to back, the order alternating
+    from pair to pair) over a sample of the model's linear layers, after one untimed warm-up pair."""
     sample = _sample_weights(model, TUNE_BYTES)
     forwards: dict[str, Callable[[nn.Linear, torch.Tensor], torch.Tensor]] = {
         "torch": nn.Linear.forward,
         "transposed": TransposedLinear.forward,  # type: ignore[dict-item]  # a Linear subclass's forward
     }
-    seconds: dict[Kernel, dict[int, float]] = {kernel: {} for kernel in KERNELS}
+    seconds: Samples = {kernel: {m: [] for m in rows} for kernel in KERNELS}
     for m in rows:
         inputs = {module.in_features: torch.randn(m, module.in_features) for module in sample}
-        for _ in range(repeats):
-            for kernel in KERNELS:  # alternate, so drift in machine load hits both alike
+        for pair in range(-1, repeats):  # pair -1 warms caches and allocators up, untimed
+            for kernel in KERNELS if pair % 2 == 0 else KERNELS[::-1]:
                 forward = forwards[kernel]
                 started = time.perf_counter()
                 for module in sample:
                     forward(module, inputs[module.in_features])
-                elapsed = time.perf_counter() - started
-                seconds[kernel][m] = min(seconds[kernel].get(m, elapsed), elapsed)
+                if pair >= 0:
+                    seconds[kernel][m].append(time.perf_counter() - started)
     return seconds
+
+
+def _spin_warning() -> str:
+    """A note when OpenMP threads spin: on busy cores that, not the kernels, decides the timings."""
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+        return ""
+    return (
+        "; OMP_WAIT_POLICY is not PASSIVE, so on busy cores spinning threads skew these timings"
+        " (python -m app sets it; docs/performance.md)"
+    )
 
 
 def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelChoice:
@@ -157,8 +192,14 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
             _TIMED[key] = time_kernels(model)
             when = f"timed in {time.perf_counter() - started:.2f} s"
         seconds = _TIMED[key]
-        ratios = ", ".join(f"{m} rows {seconds['transposed'][m] / seconds['torch'][m]:.2f}x" for m in seconds["torch"])
-        choice = KernelChoice(decide(seconds), f"transposed/torch time: {ratios} ({when})", seconds)
+        per_rows = ", ".join(f"{m} rows {ratio:.2f}x" for m, ratio in ratios(seconds).items())
+        pairs = len(next(iter(seconds["torch"].values())))
+        choice = KernelChoice(
+            decide(seconds),
+            f"transposed/torch time, medians of {pairs} back-to-back pairs: {per_rows}, overall "
+            f"{overall_ratio(seconds):.2f}x (switch at <= {MIN_GAIN}x, no row count over 1.1x; {when}){_spin_warning()}",
+            seconds,
+        )
     use(model, choice.kernel)
     log.info("linear kernel: %s (%s)", choice.kernel, choice.reason)
     return choice

@@ -213,6 +213,41 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+class _Detokenizer:
+    """One row's text, decoded a few tokens at a time instead of re-decoding every token each step.
+
+    Decodes a short window (the last committed tokens as context, then the new ones) and appends
+    what the new tokens add; a window that ends inside a multi-byte character (U+FFFD) waits for
+    the next token. :meth:`final` decodes the whole row once, so the last text is exactly what a
+    full decode gives.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.ids: list[int] = []  # the row's tokens without stop ids
+        self.text = ""
+        self.prefix = 0  # context tokens start here
+        self.read = 0  # tokens before this are in ``text``
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def add(self, token: int) -> str:
+        if token not in self.stop_ids:
+            self.ids.append(token)
+            context = self._decode(self.ids[self.prefix : self.read])
+            window = self._decode(self.ids[self.prefix :])
+            if len(window) > len(context) and not window.endswith("\ufffd"):
+                self.text += window[len(context) :]
+                self.prefix, self.read = self.read, len(self.ids)
+        return self.text
+
+    def final(self) -> str:
+        self.text = self._decode(self.ids)
+        return self.text
+
+
 class _Sampler:
     """Chooses each row's next token with that row's own settings and generator."""
 
@@ -270,6 +305,7 @@ def stream_generate(
     stop_ids = eos_ids(model, tokenizer)
     sampler = _Sampler(requests, device)
     results = [GenerationResult(text="", token_ids=[], prompt_tokens=len(p)) for p in prompts]
+    texts = [_Detokenizer(tokenizer, stop_ids) for _ in requests]
     finished = torch.zeros(len(requests), dtype=torch.bool, device=device)
     limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
 
@@ -299,20 +335,21 @@ def stream_generate(
                     continue
                 token = int(chosen[i])
                 result.token_ids.append(token)
+                result.text = texts[i].add(token)
                 if token in stop_ids:
                     finished[i] = True
                     result.finish_reason = "eos"
                 elif len(result.token_ids) >= requests[i].max_new_tokens:
                     finished[i] = True
                     result.finish_reason = "length"
-            for result in results:
-                result.text = str(tokenizer.decode(_without(result.token_ids, stop_ids), skip_special_tokens=True))
             if bool(finished.all()):
                 break
             yield results
             step_ids = torch.where(finished, torch.full_like(chosen, pad_id), chosen)[:, None]
             attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
             step_positions = step_positions[:, -1:] + 1
+    for result, text in zip(results, texts):
+        result.text = text.final()
     # The last state is yielded after the block, so a caller that sees it finished sees no hooks left.
     yield results
 
@@ -335,10 +372,6 @@ def last(stream: Iterator[list[GenerationResult]]) -> list[GenerationResult]:
     for final in stream:  # noqa: B007 - only the last state matters
         pass
     return final
-
-
-def _without(ids: list[int], stop_ids: set[int]) -> list[int]:
-    return [token for token in ids if token not in stop_ids]
 
 
 def _record_top_k(

@@ -1,0 +1,155 @@
+"""What the hardware allows: decode speed against the memory-bandwidth limit, and llama.cpp.
+
+A decoding step reads every weight once (the input embedding only one row of it), so on a CPU
+decoding is bound by memory bandwidth: ``limit = bandwidth / weight bytes per token``. This part
+measures the bandwidth in the same run (a plain ``torch.sum`` over a buffer much larger than the
+caches), counts the weight bytes, and reports our unsteered and steered decode speed as a share
+of that limit. Beside it, llama.cpp's decode speed on the same model's GGUF file (quantized, so it
+reads fewer bytes per token: a reference, not a like-for-like target) when ``llama-bench`` is
+built; otherwise the report says why the row is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from app.bench.common import BenchReport, Metric, median
+from app.storage import cache_dir
+
+BANDWIDTH_BYTES = 2**30  # 1 GiB of float32: far beyond any cache
+LLAMA_BENCH_ENV = "STEERING_LAB_LLAMA_BENCH"
+LLAMA_CPP_VERSION = "0.3.36"  # what /work/shared/tools/build-llama-cpp.sh (LLAMA_CPP_ROOT) builds
+SHARE_TARGET = ">= 0.6"
+
+
+@torch.inference_mode()
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes per second read by ``torch.sum`` over 1 GiB of float32 (median of ``repeats``)."""
+    buffer = torch.ones(BANDWIDTH_BYTES // 4)
+    buffer.sum()  # touch every page once, untimed
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        times.append(time.perf_counter() - started)
+    del buffer
+    return BANDWIDTH_BYTES / median(times)
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoding step reads: every parameter once (tied ones counted once),
+    except an input embedding that is not also the output head (a step reads one row of it)."""
+    embedding = model.get_input_embeddings().weight  # type: ignore[operator]
+    head = getattr(model.get_output_embeddings(), "weight", None)  # type: ignore[operator]
+    seen: dict[int, int] = {}
+    for parameter in model.parameters():
+        seen[parameter.data_ptr()] = parameter.numel() * parameter.element_size()
+    total = sum(seen.values())
+    if head is None or head.data_ptr() != embedding.data_ptr():
+        total -= embedding.numel() * embedding.element_size()
+    return total
+
+
+def measure_share(report: BenchReport, model: torch.nn.Module, decode: dict[str, float]) -> None:
+    """``decode``: tokens/s per decoding step, unsteered and steered (from the paired steps)."""
+    bandwidth = read_bandwidth()
+    weights = weight_bytes_per_token(model)
+    limit = bandwidth / weights
+    report.machine["read_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
+    report.machine["weight_bytes_per_token"] = weights
+    for kind, tokens_per_s in decode.items():
+        report.add(
+            Metric(
+                f"decode_{kind}_share_of_bandwidth_limit",
+                tokens_per_s,
+                "tok/s",
+                limit,
+                target=SHARE_TARGET,
+                note=f"{kind} decoding steps (batch 1, median) vs the limit: read bandwidth "
+                f"{bandwidth / 1e9:.1f} GB/s (torch.sum over 1 GiB) / {weights / 1e9:.3f} GB of weights per token",
+            )
+        )
+
+
+# --- llama.cpp --------------------------------------------------------------------------------
+
+
+def find_llama_bench() -> Path | None:
+    """``$STEERING_LAB_LLAMA_BENCH``, else where the build script puts it (``$LLAMA_CPP_ROOT``)."""
+    if os.environ.get(LLAMA_BENCH_ENV):
+        path = Path(os.environ[LLAMA_BENCH_ENV]).expanduser()
+        return path if path.is_file() else None
+    root = Path(os.environ.get("LLAMA_CPP_ROOT") or Path.home() / ".cache" / "steering-lab" / "llama.cpp")
+    path = root / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp" / "build" / "bin" / "llama-bench"
+    return path if path.is_file() else None
+
+
+def gguf_file(model_id: str) -> Path | None:
+    """The model's GGUF file, assembled from its PyPI packages once into ``cache/gguf/`` (sha256
+    checked); None for a model that is not embedded."""
+    from app.models.embedded import EMBEDDED, FetchError, assemble, pip_download
+
+    spec = EMBEDDED.get(model_id)
+    if spec is None:
+        return None
+    path = cache_dir() / "gguf" / spec.gguf_name
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-gguf-", dir=path.parent) as work:
+        partial = Path(work) / spec.gguf_name
+        digest = assemble(pip_download(spec.packages, Path(work), model_id), spec.members, partial)
+        if digest != spec.sha256:
+            raise FetchError(f"sha256 of {spec.gguf_name} is {digest}, expected {spec.sha256}")
+        partial.rename(path)
+    return path
+
+
+def run_llama_bench(binary: Path, gguf: Path, new_tokens: int, threads: int, repeats: int) -> float:
+    """llama.cpp's decode tokens/s (``tg``: generation without prompt) on ``gguf``."""
+    command = [str(binary), "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-t", str(threads)]
+    command += ["-r", str(repeats), "-o", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"llama-bench exited with {done.returncode}: {done.stderr.strip()[-300:]}")
+    rows = json.loads(done.stdout)
+    return float(rows[-1]["avg_ts"])
+
+
+def measure_llama_cpp(
+    report: BenchReport, model_id: str, ours: float, new_tokens: int, threads: int, repeats: int
+) -> None:
+    """llama.cpp's decode speed beside ours (``ours``: our unsteered decode tokens/s), or a note."""
+    binary = find_llama_bench()
+    if binary is None:
+        report.notes.append(
+            f"llama.cpp reference: llama-bench not found (build it with /work/shared/tools/build-llama-cpp.sh, "
+            f"or point {LLAMA_BENCH_ENV} at it)"
+        )
+        return
+    try:
+        gguf = gguf_file(model_id)
+        if gguf is None:
+            report.notes.append(f"llama.cpp reference: {model_id} is not an embedded model, so it has no GGUF file")
+            return
+        theirs = run_llama_bench(binary, gguf, new_tokens, threads, repeats)
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+        report.notes.append(f"llama.cpp reference failed: {type(error).__name__}: {error}")
+        return
+    report.add(
+        Metric(
+            "llama_cpp_decode",
+            ours,
+            "tok/s",
+            theirs,
+            note=f"our unsteered float32 decoding steps vs llama-bench tg{new_tokens} ({threads} threads) on "
+            f"{gguf.name} (quantized weights: fewer bytes per token than our float32)",
+        )
+    )
