@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.analysis.concept_figures import norms_figure, separability_figure
+from app.analysis.concept_figures import norms_figure, separability_figure, strength_sweep_figure
 from app.steering import concepts as concept_store
 from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
 from app.steering.extraction import METHODS
@@ -173,6 +173,9 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
     with gr.Row():
         separability = gr.Plot(separability_figure(None), label="Separability per layer", elem_id="cr-separability")
         norms = gr.Plot(norms_figure(None), label="Vector vs residual norm", elem_id="cr-norms")
+    sweep_plot = gr.Plot(
+        strength_sweep_figure(None), label="Effect and fluency against strength", elem_id="cr-strength-sweep"
+    )
     with gr.Row():
         overwrite = gr.Checkbox(False, label="Overwrite a custom concept with this name", elem_id="cr-overwrite")
         save = gr.Button("Save to the library", variant="primary", elem_id="cr-save")
@@ -232,12 +235,14 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
             f"**{concept.name}** on `{lab.lm.model_id}` with **{method_name}** "
             f"({len(concept.positive)} positive, {len(concept.negative)} negative): "
             f"recommended layer {best}, recommended strength **{vector.recommended_strength:g}**. "
-            "The .gguf has this strength baked in."
+            "The .gguf has this strength baked in. The strength is the strongest one whose short replies to "
+            "neutral prompts stayed fluent (below)."
         )
         return (
             text,
             separability_figure(stats, layers),
             norms_figure(stats, layers),
+            strength_sweep_figure(vector.metadata.get("strength_sweep")),
             gr.DownloadButton(value=str(st_path), interactive=True),
             gr.DownloadButton(value=str(gguf_path), interactive=True),
         )
@@ -245,7 +250,7 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
     extract.click(
         run_extract,
         [name, description, positive, negative, method],
-        [summary, separability, norms, download_st, download_gguf],
+        [summary, separability, norms, sweep_plot, download_st, download_gguf],
         api_name="extract_concept",
         concurrency_id=MODEL_CONCURRENCY,
     )
