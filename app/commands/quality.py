@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.quality.run import run_quality, save, table
+    from app.quality.run import run_quality, save, save_concept, table
 
     lab = open_lab(args)
 
@@ -36,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
             f"{result.concept}: moved {result.moved}/{n}, degenerate {result.degenerate}/{n} ({result.seconds:.0f} s)",
             file=sys.stderr,
         )
+        if args.out:
+            save_concept(result, args.out)
 
     results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report)
     if args.out:

@@ -183,6 +183,11 @@ def table(results: Sequence[ConceptResult]) -> str:
 def save(results: Sequence[ConceptResult], folder: Path, model_id: str) -> None:
     """Every reply and score, one JSON file per concept plus a summary."""
     for r in results:
-        atomic_write_json(folder / f"{r.concept}.json", r.to_json())
+        save_concept(r, folder)
     summary = [{k: v for k, v in r.to_json().items() if k != "pairs"} for r in results]
     atomic_write_json(folder / "summary.json", {"model": model_id, "concepts": summary})
+
+
+def save_concept(result: ConceptResult, folder: Path) -> None:
+    """One concept's replies and scores (written as soon as it is judged: runs take minutes)."""
+    atomic_write_json(folder / f"{result.concept}.json", result.to_json())
