@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("app.commands.bench", "measure steering speed against the alternatives"),
     "random-model": ("app.commands.random_model", "save a model of a known shape with random weights, for bench"),
     "experiments": ("app.commands.experiments", "run the paper's experiments E1-E4"),
+    "quality": ("app.commands.quality", "held-out check: does default steering show each concept, fluently?"),
 }
 
 

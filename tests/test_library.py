@@ -53,7 +53,9 @@ def test_build_caches_and_second_start_loads_without_building(
     files = sorted(p.name for p in (tmp_path / "vectors" / "fp").iterdir())
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)
     vector = first.get("joy")
-    assert "recommended_strength" in vector.metadata and vector.metadata["strength_sweep_kl"]
+    sweep = vector.metadata["strength_sweep"]  # judged on generated replies (app/steering/recommend.py)
+    assert vector.recommended_strength == sweep["chosen_strength"] in sweep["strengths"]
+    assert vector.recommended_layers == sweep["chosen_layers"] in sweep["layers"]
 
     second = library(engine, char_tokenizer, concept_dir, tmp_path)
     monkeypatch.setattr(second, "build", lambda *a, **k: pytest.fail("should load from cache"))

@@ -1,4 +1,5 @@
-"""Concept Creator figures: per-layer statistics of an extracted concept (pure functions)."""
+"""Concept Creator figures: per-layer statistics of an extracted concept and its strength sweep (pure
+functions)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.analysis.token_figures import FONT, message_figure
+from app.steering.recommend import MAX_REPEATED_SHARE
 
 ACCURACY_COLOR = "#1f77b4"
 SEPARATION_COLOR = "#e4572e"
@@ -112,4 +114,85 @@ def norms_figure(stats: Mapping[str, Sequence[float]] | None, recommended: Seque
     )
     figure.update_xaxes(title_text="layer", dtick=max(1, len(layers) // 15), gridcolor="#eee")
     figure.update_yaxes(title_text="L2 norm (log scale)", type="log", gridcolor="#eee")
+    return figure
+
+
+EFFECT_COLORS = ("#1f77b4", "#9467bd", "#17becf")
+
+
+def strength_sweep_figure(sweep: Mapping | None) -> go.Figure:
+    """Why the lab recommends its strength: the concept's Effect (top) and the replies' perplexity
+    under the unsteered model (bottom) against strength, the fluency limit dashed, looping settings
+    crossed out, the chosen setting starred.
+
+    Args:
+        sweep: a vector's ``metadata["strength_sweep"]`` (app/steering/recommend.py).
+    """
+    if not sweep or not sweep.get("strengths"):
+        return message_figure("Extract a concept to see how its effect and fluency change with strength.")
+    strengths = list(sweep["strengths"])
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    chosen_layers, chosen_strength = list(sweep["chosen_layers"]), float(sweep["chosen_strength"])
+    for i, layers in enumerate(sweep["layers"]):
+        label = f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+        color = EFFECT_COLORS[i % len(EFFECT_COLORS)]
+        loops = [r > MAX_REPEATED_SHARE for r in sweep["repetition"][i]]
+        symbols = ["x" if loop else "circle" for loop in loops]
+        for row, values, what in ((1, sweep["effect"][i], "Effect gain"), (2, sweep["perplexity"][i], "perplexity")):
+            figure.add_trace(
+                go.Scatter(
+                    x=strengths,
+                    y=list(values),
+                    name=label,
+                    legendgroup=label,
+                    showlegend=row == 1,
+                    mode="lines+markers",
+                    marker=dict(symbol=symbols, size=9),
+                    line=dict(color=color),
+                    customdata=["loops" if loop else "" for loop in loops],
+                    hovertemplate=f"strength %{{x:g}}: {what} %{{y:.3g}} %{{customdata}}<extra>{label}</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        if list(layers) == chosen_layers and chosen_strength in strengths:
+            k = strengths.index(chosen_strength)
+            for row, values in ((1, sweep["effect"][i]), (2, sweep["perplexity"][i])):
+                figure.add_trace(
+                    go.Scatter(
+                        x=[chosen_strength],
+                        y=[values[k]],
+                        name="recommended",
+                        legendgroup="recommended",
+                        showlegend=row == 1,
+                        mode="markers",
+                        marker=dict(symbol="star", size=18, color="#ffb000", line=dict(color="black", width=1)),
+                        hovertemplate="recommended: strength %{x:g}<extra></extra>",
+                    ),
+                    row=row,
+                    col=1,
+                )
+    figure.add_hline(
+        y=float(sweep["perplexity_limit"]),
+        line=dict(color="#e4572e", dash="dash"),
+        annotation_text="fluency limit",
+        annotation_position="top left",
+        row=2,
+        col=1,
+    )
+    figure.update_layout(
+        title=(
+            f"Recommended strength {chosen_strength:g}: the strongest setting that stays fluent"
+            "<br><sup>short replies to neutral prompts; × = the reply loops</sup>"
+        ),
+        height=460,
+        font=FONT,
+        plot_bgcolor="white",
+        margin=dict(l=60, r=30, t=90, b=50),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
+    figure.update_yaxes(title_text="Effect gain (toward concept)", gridcolor="#eee", row=1, col=1)
+    figure.update_yaxes(title_text="perplexity (log)", type="log", gridcolor="#eee", row=2, col=1)
+    figure.update_xaxes(title_text="strength (normalized units)", gridcolor="#eee", row=2, col=1)
+    figure.update_xaxes(gridcolor="#eee", row=1, col=1)
     return figure

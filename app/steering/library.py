@@ -23,13 +23,13 @@ from app.steering import concepts as concept_store
 from app.steering.concepts import Concept
 from app.steering.engine import SteeringEngine
 from app.steering.extraction import Method, extract
-from app.steering.recommend import recommend_strength
+from app.steering.recommend import sweep_strengths
 from app.steering.vectors import SteeringVector, VectorFileError
 from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
-EXTRACTION_VERSION = 1  # bump when extraction or recommendation changes what a file holds
+EXTRACTION_VERSION = 2  # bump when extraction or recommendation changes what a file holds
 
 
 @dataclass(frozen=True)
@@ -175,14 +175,16 @@ class VectorLibrary:
             },
         )
         vector = result.vector
-        layers = vector.recommended_layers
-        strength, sweep = recommend_strength(self.engine, self.tokenizer, vector, layers)
+        from app.analysis.metrics import effect  # lazily: loads the sentence-embedding model on first use
+
+        sweep = sweep_strengths(self.engine, self.tokenizer, vector, concept.positive, concept.negative, effect)
         vector.metadata.update(
-            recommended_strength=strength,
-            strength_sweep_kl=sweep,
+            recommended_layers=sweep.chosen_layers,
+            recommended_strength=sweep.chosen_strength,
+            strength_sweep=sweep.to_dict(),
             build_seconds=round(time.perf_counter() - started, 3),
         )
-        log.info("built %s: layers %s, strength %.1f", concept.name, layers, strength)
+        log.info("built %s: layers %s, strength %.1f", concept.name, sweep.chosen_layers, sweep.chosen_strength)
         return vector
 
     def load_cached(self) -> int:

@@ -1,77 +1,195 @@
-"""A recommended strength for a concept on a model, found by a cheap one-pass sweep.
+"""A recommended strength (and layer) for a concept on a model, judged on generated replies.
 
-Strength in normalized units already means about the same on every layer and model, but how
-much a concept's own direction moves the output still varies. So for each candidate strength we
-measure, in one batched forward pass over a few neutral prompts, how far steering moves the
-next-token distribution (KL divergence from the unsteered one, in nats). The recommended strength
-is the smallest candidate whose median KL reaches ``TARGET_KL``: clearly visible, still coherent.
+For a few candidate layers (the best by held-out separability) and strengths, we generate a short
+reply to a few neutral tuning prompts, all rows in one batched call that differ only in
+steering. Each reply is scored for the concept (the Effect metric: sentence-embedding similarity
+to the concept's own positive examples minus its negative ones) and for fluency (perplexity of the
+reply under the unsteered model, and repeated 3-grams). The recommendation is the strongest
+setting that stays fluent: the top of the concept's functional range. Among candidate layers, the
+one whose recommended setting shows the concept most wins.
+
+The tuning prompts are fixed here and are not the held-out questions of ``python -m app quality``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from app.steering.engine import Steer, Steering, SteeringEngine
-from app.steering.generation import left_pad
+from app.steering.engine import NO_STEERING, Steer, Steering, SteeringEngine
+from app.steering.generation import GenerationRequest, encode_prompt, generate
 from app.steering.vectors import SteeringVector
 
-NEUTRAL_PROMPTS: tuple[str, ...] = (
-    "Tell me about your day.",
-    "The meeting went",
-    "Here is what I think about the weather:",
-    "My favourite place in the city is",
+CHAT_PROMPTS: tuple[str, ...] = (
+    "What do you like to do when you have some free time?",
+    "Write a short note to a friend.",
+    "Can you tell me something interesting?",
 )
-CANDIDATES: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
-TARGET_KL = 0.5
+CONTINUATION_PROMPTS: tuple[str, ...] = (
+    "The meeting went",
+    "My favourite place in the city is",
+    "Yesterday after work I",
+)
+CANDIDATES: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+CANDIDATE_LAYERS = 1  # how many of the best layers a one-layer concept tries (each adds a row per strength)
+SWEEP_TOKENS = 24
+MAX_PERPLEXITY_RATIO = 6.0  # a fluent setting's median perplexity is at most this times the baseline's ...
+MIN_PERPLEXITY_LIMIT = 12.0  # ... or this, whichever is larger (greedy chat replies score ~1.5)
+MAX_REPEATED_SHARE = 0.3  # a reply with more repeated 3-grams than this is a loop
 DEFAULT_STRENGTH = 4.0
+
+EffectFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Any]  # -> one float per text
+
+
+@dataclass
+class StrengthSweep:
+    """One row per (layer set, strength), each the median (or mean, for effect) over the prompts."""
+
+    layers: list[list[int]]
+    strengths: list[float]
+    effect: list[list[float]]  # [layer set][strength]: mean Effect gain over the baseline replies
+    perplexity: list[list[float]]  # [layer set][strength]: median perplexity under the unsteered model
+    repetition: list[list[float]]  # [layer set][strength]: worst repeated 3-gram share over the prompts
+    baseline_effect: float
+    baseline_perplexity: float
+    perplexity_limit: float
+    chosen_layers: list[int]
+    chosen_strength: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def repeated_ngram_share(tokens: Sequence[object], n: int = 3) -> float:
+    """Share of the ``n``-grams of ``tokens`` that already appeared earlier (0: none repeat)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def candidate_layers(vector: SteeringVector, count: int = CANDIDATE_LAYERS) -> list[list[int]]:
+    """The recommended layer set first, then (for a one-layer concept) the next best layers by
+    held-out accuracy, ties by separation, within the same 20-65% depth band as extraction."""
+    recommended = vector.recommended_layers
+    stats = vector.metadata.get("stats") or {}
+    accuracy, separation = stats.get("accuracy"), stats.get("separation")
+    if len(recommended) != 1 or not accuracy or not separation:
+        return [recommended]
+    n = len(accuracy)
+    band = range(int(round(0.2 * (n - 1))), max(int(round(0.65 * (n - 1))), 0) + 1)
+    ranked = sorted(
+        (i for i in band if i in vector.layers), key=lambda i: (round(accuracy[i], 3), separation[i]), reverse=True
+    )
+    others = [[layer] for layer in ranked if layer != recommended[0]]
+    return [recommended, *others[: count - 1]]
+
+
+def choose(
+    effect: Sequence[Sequence[float]],
+    perplexity: Sequence[Sequence[float]],
+    repetition: Sequence[Sequence[float]],
+    strengths: Sequence[float],
+    perplexity_limit: float,
+) -> tuple[int, int]:
+    """(layer set index, strength index) of the recommendation.
+
+    Per layer set, the strongest strength that is fluent (median perplexity within the limit, no
+    looping reply). Across layer sets, the one whose chosen strength has the largest Effect gain.
+    A layer set with no fluent strength offers its weakest; it loses to any set that has one.
+    """
+    best: tuple[bool, float, int, int] | None = None
+    for li in range(len(effect)):
+        fluent = [
+            si
+            for si in range(len(strengths))
+            if perplexity[li][si] <= perplexity_limit and repetition[li][si] <= MAX_REPEATED_SHARE
+        ]
+        si = (
+            max(fluent, key=lambda i: strengths[i])
+            if fluent
+            else min(range(len(strengths)), key=lambda i: strengths[i])
+        )
+        candidate = (bool(fluent), effect[li][si], -li, si)
+        if best is None or candidate[:3] > best[:3]:
+            best = candidate
+    if best is None:
+        raise ValueError("the sweep has no layer set to choose from")
+    return -best[2], best[3]
 
 
 @torch.inference_mode()
-def next_token_kl(
+def sweep_strengths(
     engine: SteeringEngine,
     tokenizer: PreTrainedTokenizerBase,
     vector: SteeringVector,
-    layers: Sequence[int],
+    positive: Sequence[str],
+    negative: Sequence[str],
+    effect: EffectFn,
     strengths: Sequence[float] = CANDIDATES,
-    prompts: Sequence[str] = NEUTRAL_PROMPTS,
-) -> list[float]:
-    """Median KL(steered || unsteered) of the next token over ``prompts``, per strength."""
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = [(s, ids) for s in (0.0, *strengths) for ids in encoded]
-    input_ids, mask = left_pad([ids for _, ids in rows], pad_id)
-    device = engine.device
-    steering = [Steering((Steer(vector, s, tuple(layers)),)) for s, _ in rows]
-    with engine.lock, engine.steer(steering):
-        logits = (
-            engine.model(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-                logits_to_keep=1,
-            )
-            .logits[:, -1, :]
-            .float()
-        )  # [rows, vocab]
-    logp = torch.log_softmax(logits, dim=-1).view(len(strengths) + 1, len(prompts), -1)
-    base = logp[0]
-    kl = (logp[1:].exp() * (logp[1:] - base)).sum(-1)  # [strengths, prompts]
-    return kl.median(dim=-1).values.tolist()
+    layer_sets: Sequence[Sequence[int]] | None = None,
+    max_new_tokens: int = SWEEP_TOKENS,
+) -> StrengthSweep:
+    """Generate, score and choose (see the module docstring). One batched generate call."""
+    from app.analysis.metrics import perplexity_from_ids  # lazily: analysis imports nothing from steering here
 
+    is_chat = bool(getattr(tokenizer, "chat_template", None))
+    prompts = CHAT_PROMPTS if is_chat else CONTINUATION_PROMPTS
+    sets: list[list[int]] = [list(s) for s in (layer_sets or candidate_layers(vector))]
+    settings: list[Steering] = [NO_STEERING] + [
+        Steering((Steer(vector, float(s), tuple(layers)),)) for layers in sets for s in strengths
+    ]
+    requests = [
+        GenerationRequest(prompt=p, steering=steering, max_new_tokens=max_new_tokens, chat=True)
+        for steering in settings
+        for p in prompts
+    ]
+    results = generate(engine, tokenizer, requests, is_chat=is_chat)
+    texts = [r.text for r in results]
+    encoded = [encode_prompt(tokenizer, p, True, is_chat) for p in prompts] * len(settings)
+    with engine.lock:
+        ppl = perplexity_from_ids(
+            engine.model, [p + r.token_ids for p, r in zip(encoded, results)], [len(p) for p in encoded]
+        )
+    effects = [float(e) for e in effect(texts, positive, negative)]
+    repeats = [repeated_ngram_share(r.token_ids) for r in results]
+    n = len(prompts)
 
-def recommend_strength(
-    engine: SteeringEngine,
-    tokenizer: PreTrainedTokenizerBase,
-    vector: SteeringVector,
-    layers: Sequence[int],
-    strengths: Sequence[float] = CANDIDATES,
-) -> tuple[float, list[float]]:
-    """The recommended normalized strength and the sweep's KL per candidate."""
-    kls = next_token_kl(engine, tokenizer, vector, layers, strengths)
-    for strength, kl in zip(strengths, kls):
-        if kl >= TARGET_KL:
-            return float(strength), kls
-    return float(strengths[-1]), kls
+    def per_setting(values: list[float], reduce: Callable[[list[float]], float]) -> list[float]:
+        return [
+            reduce([v for v in values[k * n : (k + 1) * n] if not math.isnan(v)] or [float("inf")])
+            for k in range(len(settings))
+        ]
+
+    mean_effect = per_setting(effects, statistics.fmean)
+    median_ppl = per_setting(ppl, statistics.median)
+    worst_repeat = per_setting(repeats, max)
+    base_effect, base_ppl = mean_effect[0], median_ppl[0]
+    limit = max(MAX_PERPLEXITY_RATIO * base_ppl, MIN_PERPLEXITY_LIMIT)
+
+    def grid(values: list[float]) -> list[list[float]]:
+        return [
+            [round(values[1 + li * len(strengths) + si], 4) for si in range(len(strengths))] for li in range(len(sets))
+        ]
+
+    gains = grid([e - base_effect for e in mean_effect])
+    perplexities, repetition = grid(median_ppl), grid(worst_repeat)
+    li, si = choose(gains, perplexities, repetition, strengths, limit)
+    return StrengthSweep(
+        layers=sets,
+        strengths=[float(s) for s in strengths],
+        effect=gains,
+        perplexity=perplexities,
+        repetition=repetition,
+        baseline_effect=round(base_effect, 4),
+        baseline_perplexity=round(base_ppl, 4),
+        perplexity_limit=round(limit, 4),
+        chosen_layers=sets[li],
+        chosen_strength=float(strengths[si]),
+    )

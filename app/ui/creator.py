@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.analysis.concept_figures import norms_figure, separability_figure
+from app.analysis.concept_figures import norms_figure, separability_figure, strength_sweep_figure
 from app.steering import concepts as concept_store
 from app.steering import control_vectors
 from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
@@ -188,6 +188,9 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
     with gr.Row():
         separability = gr.Plot(separability_figure(None), label="Separability per layer", elem_id="cr-separability")
         norms = gr.Plot(norms_figure(None), label="Vector vs residual norm", elem_id="cr-norms")
+    sweep_plot = gr.Plot(
+        strength_sweep_figure(None), label="Effect and fluency against strength", elem_id="cr-strength-sweep"
+    )
     with gr.Row():
         overwrite = gr.Checkbox(False, label="Overwrite a custom concept with this name", elem_id="cr-overwrite")
         save = gr.Button("Save to the library", variant="primary", elem_id="cr-save")
@@ -247,12 +250,14 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
             f"**{concept.name}** on `{lab.lm.model_id}` with **{method_name}** "
             f"({len(concept.positive)} positive, {len(concept.negative)} negative): "
             f"recommended layer {best}, recommended strength **{vector.recommended_strength:g}**. "
+            "The strength is the strongest one whose short replies to neutral prompts stayed fluent (below). "
             f"{gguf_note}"
         )
         return (
             text,
             separability_figure(stats, layers),
             norms_figure(stats, layers),
+            strength_sweep_figure(vector.metadata.get("strength_sweep")),
             gr.DownloadButton(value=str(st_path), interactive=True),
             gr.DownloadButton(value=str(gguf_path) if gguf_path else None, interactive=gguf_path is not None),
         )
@@ -260,7 +265,7 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
     extract.click(
         run_extract,
         [name, description, positive, negative, method],
-        [summary, separability, norms, download_st, download_gguf],
+        [summary, separability, norms, sweep_plot, download_st, download_gguf],
         api_name="extract_concept",
         concurrency_id=MODEL_CONCURRENCY,
     )

@@ -1,0 +1,50 @@
+"""``python -m app quality``: held-out check that default steering shows each concept and stays fluent."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.commands.common import add_model_arguments, open_lab, print_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from app.quality.run import HELDOUT, MAX_NEW_TOKENS
+
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--heldout",
+        type=Path,
+        default=HELDOUT,
+        help="folder with concepts/*.json, scorers.json and questions.json (default: tests/heldout)",
+    )
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="judge only this concept")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--out", type=Path, help="write every reply and score here (one JSON per concept)")
+    parser.add_argument("--json", action="store_true", help="print JSON (every reply and score)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from app.quality.run import run_quality, save, save_concept, table
+
+    lab = open_lab(args)
+
+    def report(result) -> None:  # progress on stderr; stdout stays clean for --json
+        n = len(result.pairs)
+        print(
+            f"{result.concept}: moved {result.moved}/{n}, degenerate {result.degenerate}/{n} ({result.seconds:.0f} s)",
+            file=sys.stderr,
+        )
+        if args.out:
+            save_concept(result, args.out)
+
+    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report)
+    if args.out:
+        save(results, args.out, lab.lm.model_id)
+    if args.json:
+        print_json({"model": lab.lm.model_id, "concepts": [r.to_json() for r in results]})
+    else:
+        print(f"model: {lab.lm.model_id}")
+        print(table(results))
+    return 0
