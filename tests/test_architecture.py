@@ -160,8 +160,8 @@ def test_the_public_api_lists_names_that_exist():
         app.no_such_name  # noqa: B018
 
 
-def test_importing_the_package_does_not_import_torch():
-    code = "import sys, app; from app import cli; print('torch' in sys.modules)"
+def test_importing_the_package_and_every_command_parser_does_not_import_torch():
+    code = "import sys, app; from app import cli; cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

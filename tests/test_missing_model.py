@@ -16,6 +16,7 @@ COMMANDS: dict[str, list[str]] = {
     "export": ["export", "happy"],
     "concepts": ["concepts"],
     "experiments": ["experiments", "e1"],
+    "quality": ["quality"],
 }
 
 

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from app.commands.common import print_json
+from app.models.embedded import DEFAULT_MODELS
+
+DEFAULT_MODEL = DEFAULT_MODELS[0]  # the default model of a fresh ./run.sh
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.bench.common import DEFAULT_MODEL
-
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,

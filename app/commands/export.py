@@ -11,9 +11,6 @@ import argparse
 from pathlib import Path
 
 from app.commands.common import add_model_arguments, open_lab, print_json
-from app.lab import parse_layer_numbers
-from app.models import embedded
-from app.steering import control_vectors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from app.lab import parse_layer_numbers
+    from app.models import embedded
+    from app.steering import control_vectors
+
     lab = open_lab(args)
     if args.format == "safetensors":
         vector = lab.vector(args.concept)

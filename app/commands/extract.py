@@ -7,8 +7,7 @@ from pathlib import Path
 
 from app.commands.common import add_model_arguments, open_lab, print_json, stderr_progress
 from app.steering import concepts as concept_store
-from app.steering.extraction import METHODS
-from app.steering.library import Settings
+from app.steering.choices import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     lab = open_lab(args)
     concept = concept_store.find_concept(args.concept, lab.library.concepts_root)
-    from app.steering.library import default_settings
+    from app.steering.library import Settings, default_settings
 
     default = default_settings(concept)
     settings = Settings(method=args.method or default.method, top_k_layers=args.top_k_layers or default.top_k_layers)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from app.commands.common import add_model_arguments, open_lab, print_json
-from app.steering.engine import NO_STEERING, POSITION_MODES, Steering
-from app.steering.generation import GenerationRequest
+from app.steering.choices import POSITION_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from app.steering.engine import NO_STEERING, Steering
+    from app.steering.generation import GenerationRequest
+
     lab = open_lab(args)
     unit = "raw" if args.raw else "normalized"
     steers = tuple(lab.make_steer(spec, unit=unit) for spec in args.steer)

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 from app.commands.common import add_model_arguments, open_lab, print_json
+from app.quality import HELDOUT, MAX_NEW_TOKENS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.quality.run import HELDOUT, MAX_NEW_TOKENS
-
     add_model_arguments(parser)
     parser.add_argument(
         "--heldout",

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.lab import Lab, SteerSpec
+from app.quality import HELDOUT, MAX_NEW_TOKENS
 from app.quality.scorers import Scorer, is_repetitive, load_scorers
 from app.steering import concepts as concept_store
 from app.steering.generation import GenerationRequest, encode_prompt
-from app.storage import REPO_ROOT, atomic_write_json
+from app.storage import atomic_write_json
 
-HELDOUT = REPO_ROOT / "tests" / "heldout"
-MAX_NEW_TOKENS = 48
 SALAD_RATIO = 8.0  # steered perplexity over this many times the baseline's ...
 SALAD_FLOOR = 80.0  # ... and over this value: the unsteered model cannot read it as text (fluent
 # but unexpected on-topic replies measured 5-50 on SmolLM2)

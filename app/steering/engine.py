@@ -19,21 +19,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from app.steering.choices import POSITION_MODES, PositionMode, StrengthUnit
 from app.steering.layers import get_layers, layer_output_tensor, replace_layer_output
 from app.steering.model_lock import ModelLock
 from app.steering.vectors import SteeringVector
 
-PositionMode = Literal["all", "prompt", "generated", "last"]
 LayerReader = Callable[[int, torch.Tensor], None]  # (layer index, hidden states [batch, pos, d_model])
 ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], Any]  # (module, args, output) -> new output or None
-StrengthUnit = Literal["normalized", "raw"]
-POSITION_MODES: tuple[PositionMode, ...] = ("all", "prompt", "generated", "last")
 _NO_LIMIT = 1 << 62
 
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.progress import Progress
+from app.steering.choices import METHODS, Method
 from app.steering.engine import SteeringEngine
 from app.steering.vectors import SteeringVector
-
-Method = Literal["mean_diff", "pca", "probe"]
-METHODS: tuple[Method, ...] = ("mean_diff", "pca", "probe")
 
 
 @dataclass

@@ -20,9 +20,10 @@ from transformers import PreTrainedTokenizerBase
 
 from app.progress import Progress
 from app.steering import concepts as concept_store
+from app.steering.choices import Method
 from app.steering.concepts import Concept
 from app.steering.engine import SteeringEngine
-from app.steering.extraction import Method, extract
+from app.steering.extraction import extract
 from app.steering.recommend import sweep_strengths
 from app.steering.vectors import SteeringVector, VectorFileError
 from app.storage import cache_dir

@@ -19,8 +19,8 @@ import gradio as gr
 from app.analysis.concept_figures import norms_figure, separability_figure, strength_sweep_figure
 from app.steering import concepts as concept_store
 from app.steering import control_vectors
+from app.steering.choices import METHODS
 from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
-from app.steering.extraction import METHODS
 from app.steering.library import Settings
 from app.steering.vectors import SteeringVector
 from app.ui import playground as playground_tab
