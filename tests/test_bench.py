@@ -144,3 +144,27 @@ def test_interleaved_rotates_the_order_each_round():
     calls: list[str] = []
     interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")}, 3)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_the_llama_cpp_row_reads_the_gguf_that_set_up_kept(monkeypatch, tmp_path):
+    from app.bench import roofline
+    from app.bench.common import BenchReport
+
+    binary = tmp_path / "llama-bench"
+    binary.write_text("")
+    monkeypatch.setenv(roofline.LLAMA_BENCH_ENV, str(binary))
+    monkeypatch.setenv("STEERING_LAB_CACHE", str(tmp_path / "cache"))  # no model kept there
+    report = BenchReport(model="smollm2-135m-instruct", machine={}, settings={})
+    roofline.measure_llama_cpp(report, "smollm2-135m-instruct", 10.0, 16, 2, 1)
+    assert report.metrics == []
+    assert report.notes == [
+        "llama.cpp reference: smollm2-135m-instruct's GGUF is not kept in cache/models: "
+        "run ./setup_local_cache.sh --model smollm2-135m-instruct (it adds the file)"
+    ]
+    seen = []
+    (tmp_path / "cache" / "models" / "smollm2-135m-instruct").mkdir(parents=True)
+    kept = tmp_path / "cache" / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    kept.write_bytes(b"GGUF")
+    monkeypatch.setattr(roofline, "run_llama_bench", lambda binary, gguf, *rest: seen.append(gguf) or 40.0)
+    roofline.measure_llama_cpp(report, "smollm2-135m-instruct", 10.0, 16, 2, 1)
+    assert seen == [kept] and report.metrics[0].name == "llama_cpp_decode"

