@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from app.steering.vectors import MAX_FILE_BYTES, SteeringVector, VectorFileError, layer_index, short_reason
+from app.steering.vectors import SteeringVector, VectorFileError, check_file_size, layer_index, short_reason
 from app.storage import atomic_write
 
 KEY = "steering_lab."  # our metadata keys: concept, model_id, model_fingerprint, layers, strength, unit
@@ -86,14 +86,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[int, torch.Tensor], dict[st
     import gguf
 
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
-    if size > MAX_FILE_BYTES:
-        raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
+    check_file_size(path)
     layers: dict[int, torch.Tensor] = {}
     try:
         reader = gguf.GGUFReader(path)

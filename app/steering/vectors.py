@@ -190,14 +190,7 @@ class SteeringVector:
             VectorFileError: anything else wrong with the file (never another error type).
         """
         path = Path(path)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
-        if size > MAX_FILE_BYTES:
-            raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
+        check_file_size(path)
         try:
             with safe_open(path, framework="pt") as handle:
                 header_text = (handle.metadata() or {}).get("steering_lab")
@@ -269,6 +262,23 @@ class SteeringVector:
                 f"{self.model_fingerprint}); the loaded model's fingerprint is {fingerprint}. "
                 "Extract the concept again on this model."
             )
+
+
+def check_file_size(path: Path) -> None:
+    """Refuse a vector file that cannot be read or is over ``MAX_FILE_BYTES`` before opening it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        VectorFileError: it cannot be read, or it is too big.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise VectorFileError(f"{path.name} cannot be read: {error.strerror or error}") from None
+    if size > MAX_FILE_BYTES:
+        raise VectorFileError(f"{path.name} is {size:,} bytes; vector files are limited to {MAX_FILE_BYTES:,}")
 
 
 def layer_index(text: object) -> int:
