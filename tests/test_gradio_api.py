@@ -72,11 +72,12 @@ def test_extract_gives_stats_and_loadable_downloads(client, app_server):  # noqa
     from app.steering.vectors import SteeringVector
 
     name = f"api_{uuid.uuid4().hex[:6]}"
-    summary, separability, norms, st_file, gguf_file = client.predict(
+    summary, separability, norms, sweep, st_file, gguf_file = client.predict(
         name, "made by the API test", POSITIVE, NEGATIVE, "mean_diff", api_name="/extract_concept"
     )
     assert "recommended layer" in summary and "recommended strength" in summary
     assert json.loads(separability["plot"])["data"] and json.loads(norms["plot"])["data"]
+    assert json.loads(sweep["plot"])["data"]  # the recommendation sweep: effect and fluency against strength
     vector = SteeringVector.load(_local_file(st_file))
     assert vector.name == name and vector.hidden_size == 576 and len(vector.layers) == 30
     imported = control_vectors.load(_local_file(gguf_file), name=name, model_id="x", model_fingerprint="x")

@@ -6,9 +6,12 @@ CI clone) on SmolLM2's own GGUF file, the bytes the lab converted (kept by set-u
 Greedy decoding, no chat template, no BOS on either side: llama.cpp's text must equal the lab's,
 unsteered and steered. The lab runs float32 weights dequantized from that Q4_1 file, llama.cpp the
 Q4_1 weights themselves (with 8-bit activations in its dot products), so a near-tie between two
-tokens can go either way: here "formal", "calm" and "sad" part within 16 tokens on this prompt and
-the baseline after ~20, while the concepts below agree token for token. Skipped when the binary or the GGUF is missing, except under ``CI=true``,
-where that is a failure.
+tokens can go either way. A scan of ten concepts at strengths 4 and 6 and their recommended ones
+(at each concept's recommended layer) agreed token for token in about half the cases and parted
+in the others (the baseline itself parts after ~20 tokens); the cases below agree. They pin the
+strength instead of using the recommended one, so a change in how strengths are recommended does
+not change what this test checks: that the file holds the lab's own deltas at the lab's layers.
+Skipped when the binary or the GGUF is missing, except under ``CI=true``, where that is a failure.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from app.storage import REPO_ROOT
 MODEL_ID = "smollm2-135m-instruct"
 PROMPT = "The meeting went"
 NEW_TOKENS = 16
-CONCEPTS = ("happy", "pirate", "excited", "shakespeare")
+CASES = (("happy", 4.0), ("formal", 4.0), ("angry", 6.0), ("technical", 6.0))  # (concept, strength)
 pytestmark = pytest.mark.slow
 
 
@@ -63,7 +66,7 @@ def lab(tmp_path_factory, model_gguf):
 
     root = tmp_path_factory.mktemp("llama")
     (root / "concepts" / "custom").mkdir(parents=True)
-    for name in CONCEPTS:
+    for name, _ in CASES:
         shutil.copy(REPO_ROOT / "concepts" / f"{name}.json", root / "concepts")
     return Lab(load_model(MODEL_ID, device="cpu"), concepts_root=root / "concepts", cache_root=root / "vectors")
 
@@ -91,11 +94,13 @@ def test_unsteered_llama_cpp_equals_the_lab_baseline(llama_completion, model_ggu
     assert run_llama(llama_completion, model_gguf) == lab_text(lab)
 
 
-@pytest.mark.parametrize("concept", CONCEPTS)
-def test_exported_control_vector_steers_llama_cpp_like_the_lab(concept, llama_completion, model_gguf, lab, tmp_path):
+@pytest.mark.parametrize(("concept", "strength"), CASES)
+def test_exported_control_vector_steers_llama_cpp_like_the_lab(
+    concept, strength, llama_completion, model_gguf, lab, tmp_path
+):
     from app.steering import control_vectors
 
-    steer = lab.make_steer(concept)  # recommended layers and strength, as `export` writes them
+    steer = lab.make_steer(concept, strength)  # the recommended layers, as `export` writes them
     path = control_vectors.save(steer.vector, tmp_path / f"{concept}.gguf", steer.strength, steer.resolved_layers())
     steered = lab_text(lab, [steer])
     assert steered != lab_text(lab)  # the steering is visible, so equality below means something
@@ -109,7 +114,7 @@ def test_scaled_control_vector_halves_the_strength(llama_completion, model_gguf,
 
     from app.steering import control_vectors
 
-    steer = lab.make_steer("happy")
+    steer = lab.make_steer("happy", 4.0)
     path = control_vectors.save(steer.vector, tmp_path / "happy.gguf", steer.strength, steer.resolved_layers())
     half = lab_text(lab, [replace(steer, strength=steer.strength / 2)])
     assert half != lab_text(lab, [steer])
