@@ -47,11 +47,9 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     except an input embedding that is not also the output head (a step reads one row of it)."""
     embedding = model.get_input_embeddings().weight  # type: ignore[operator]
     head = getattr(model.get_output_embeddings(), "weight", None)  # type: ignore[operator]
-    seen: dict[int, int] = {}
-    for parameter in model.parameters():
-        seen[parameter.data_ptr()] = parameter.numel() * parameter.element_size()
-    total = sum(seen.values())
-    if head is None or head.data_ptr() != embedding.data_ptr():
+    # parameters() yields a tied parameter once; packed weights (app.models.kernels) have no data pointer.
+    total = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    if head is None or head is not embedding:
         total -= embedding.numel() * embedding.element_size()
     return total
 

@@ -1,17 +1,24 @@
-"""The matrix product behind ``nn.Linear`` on CPU: torch's default, or the same product transposed.
+"""The matrix product behind ``nn.Linear`` on CPU: torch's default, the same product transposed,
+or oneDNN's with the weight packed.
 
 ``nn.Linear`` computes ``x @ W.T``. With the MKL build of torch on some CPUs (measured on an AMD
-EPYC: docs/performance.md) that call is 2-3x slower than the same product written ``(W @ x.T).T``
-when ``x`` has few rows, which is every decoding step: batch 2 costs twice batch 1, and batching
-side-by-side runs or concurrent users buys nothing. One row is the slowest case of all (a
-matrix-vector product), so a single row is computed as two.
+EPYC: docs/performance.md) that call with 2-24 rows costs 2-3x what one row costs, so batching
+side-by-side runs, strength sweeps or concurrent users buys little, though each decoding step
+should cost what reading the weights costs whatever the rows. Two other forms do better there:
 
-:func:`tune` times both forms on the model's own weights at load (once per process for weights
-of the same shapes), in back-to-back pairs whose ratios are compared by their median, so a busy
-machine and a quiet one make the same choice, and switches the model's linear layers to
-:class:`TransposedLinear` only when that is clearly faster here. The switch changes which kernel runs, nothing else: same
-modules, same parameters, same state dict, and :func:`restore` switches back.
-``STEERING_LAB_LINEAR=torch|transposed`` overrides the choice.
+    transposed  ``(W @ x.T).T``, another MKL path (a single row is computed as two)
+    packed      the weight reordered once into oneDNN's blocked layout (``PackedLinear``): 2 rows
+                cost about what one does, 16-24 rows about half what torch's kernel takes, and a
+                row's result is the same bits whatever else is in the batch
+
+:func:`tune` times every form on the model's own weights at load (once per process for weights of
+the same shapes), in back-to-back passes whose ratios are compared by their median, so a busy
+machine and a quiet one make the same choice, and switches the model's linear layers to the
+fastest form that is clearly faster overall and not much slower at any row count. The switch
+changes how the product runs, not what it computes: the same modules and hooks; ``transposed``
+keeps the very parameters, ``packed`` replaces each weight by its packed copy (same values,
+exactly recovered by :func:`restore`; memory unchanged). ``STEERING_LAB_LINEAR=torch|transposed|packed``
+overrides the choice.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-Kernel = Literal["torch", "transposed"]
-KERNELS: tuple[Kernel, ...] = ("torch", "transposed")
+Kernel = Literal["torch", "transposed", "packed"]
+KERNELS: tuple[Kernel, ...] = ("torch", "transposed", "packed")
 ENV_VAR = "STEERING_LAB_LINEAR"
-TUNE_ROWS = (1, 4, 64)  # a decoding step alone, a small batch of them, a prompt
+TUNE_ROWS = (1, 2, 16, 64)  # one decoding row, a side-by-side pair, a sweep or a class, a prompt
 TUNE_BYTES = 96 * 2**20  # weights timed per pass: about 3x a large L3 cache, so memory speed counts
-MIN_GAIN = 0.9  # switch only when the transposed form takes at most 90% of torch's time overall
+MIN_GAIN = 0.9  # switch only to a kernel that takes at most 90% of torch's time overall ...
+MAX_ROW_RATIO = 1.25  # ... and at most 125% of it at every row count (a packed single row: 1.08-1.15x)
+PACK_ROWS_HINT = 16  # oneDNN lays the packed weight out for about this many rows
 TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
 
 # Timings already taken in this process, by the sampled weights' shapes and the thread count: a
@@ -60,28 +69,76 @@ class TransposedLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class PackedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is held in oneDNN's blocked layout (same values, same shape), so
+    a product with 2-24 rows costs about what one row costs and each row's result does not depend
+    on the other rows in the batch (under ``torch.inference_mode``, as every generation runs).
+    Inference only: the packed weight has no gradient."""
+
+    dense_requires_grad: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` in oneDNN's layout for :class:`PackedLinear` (``to_dense()`` gives it back exactly)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+
+
 def _plain_linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if type(m) is nn.Linear]
 
 
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of parameters that more than one module holds (a tied input embedding and output layer)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        (shared if id(parameter) in seen else seen).add(id(parameter))
+    return shared
+
+
 def use(model: nn.Module, kernel: Kernel) -> int:
-    """Make every plain ``nn.Linear`` of ``model`` use ``kernel``; returns how many layers changed."""
+    """Make the plain ``nn.Linear`` layers of ``model`` use ``kernel``; returns how many changed.
+
+    ``packed`` leaves a layer whose weight another module shares (a tied output layer, whose weight
+    the input embedding reads) on torch's kernel: the embedding cannot read a packed weight."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+    restore(model)
     if kernel == "torch":
-        return restore(model)
+        return 0
     linears = _plain_linears(model)
+    if kernel == "transposed":
+        for module in linears:
+            module.__class__ = TransposedLinear  # same object, parameters and hooks: only forward differs
+        return len(linears)
+    shared = _shared_parameters(model)
+    changed = 0
     for module in linears:
-        module.__class__ = TransposedLinear  # same object, parameters and hooks: only forward differs
-    return len(linears)
+        if id(module.weight) in shared:
+            continue
+        trainable = module.weight.requires_grad
+        module.weight = nn.Parameter(pack(module.weight), requires_grad=False)  # oneDNN has no backward for it
+        module.__class__ = PackedLinear
+        module.dense_requires_grad = trainable
+        changed += 1
+    return changed
 
 
 def restore(model: nn.Module) -> int:
-    """Undo :func:`use`: every :class:`TransposedLinear` back to ``nn.Linear``."""
-    changed = [m for m in model.modules() if type(m) is TransposedLinear]
-    for module in changed:
+    """Undo :func:`use`: every layer back to ``nn.Linear`` with its weight in torch's layout."""
+    changed = 0
+    for module in list(model.modules()):
+        if type(module) is PackedLinear:
+            trainable = getattr(module, "dense_requires_grad", True)
+            module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=trainable)
+        elif type(module) is not TransposedLinear:
+            continue
         module.__class__ = nn.Linear  # type: ignore[assignment]
-    return len(changed)
+        changed += 1
+    return changed
 
 
 Samples = dict[Kernel, dict[int, list[float]]]  # kernel -> rows -> seconds of each timed pass
@@ -90,39 +147,45 @@ Samples = dict[Kernel, dict[int, list[float]]]  # kernel -> rows -> seconds of e
 @dataclass
 class KernelChoice:
     """What :func:`tune` chose and why: seconds of each timed pass over the sampled weights,
-    per kernel and row count (pass ``i`` of both kernels ran back to back)."""
+    per kernel and row count (pass ``i`` of every kernel ran back to back)."""
 
     kernel: Kernel
     reason: str
     seconds: Samples = field(default_factory=dict)
 
 
-def ratios(seconds: Samples) -> dict[int, float]:
-    """Per row count, the median over pairs of transposed/torch time.
+def ratios(seconds: Samples, kernel: Kernel = "transposed") -> dict[int, float]:
+    """Per row count, the median over passes of ``kernel``'s time / torch's.
 
-    Each pair ran back to back, so a burst of load from another process mostly hits one pair
-    (and is outvoted by the others) or both halves of a pair (and cancels in its ratio); a
-    best-of-n time per kernel does neither, which once gave "1 rows 11.69x" on a busy machine.
+    The kernels of a pass ran back to back, so a burst of load from another process mostly hits one
+    pass (and is outvoted by the others) or all of it (and cancels in its ratios); a best-of-n time
+    per kernel does neither, which once gave "1 rows 11.69x" on a busy machine.
     """
-    ours, theirs = seconds["transposed"], seconds["torch"]
+    ours, theirs = seconds[kernel], seconds["torch"]
     return {rows: statistics.median(a / b for a, b in zip(ours[rows], theirs[rows])) for rows in theirs}
 
 
-def overall_ratio(seconds: Samples) -> float:
-    """Median over pairs of the transposed/torch time summed over every row count."""
-    ours, theirs = seconds["transposed"], seconds["torch"]
+def overall_ratio(seconds: Samples, kernel: Kernel = "transposed") -> float:
+    """Median over passes of ``kernel``'s time / torch's, each summed over every row count."""
+    ours, theirs = seconds[kernel], seconds["torch"]
     pairs = len(next(iter(theirs.values())))
     return statistics.median(
         sum(ours[rows][i] for rows in ours) / sum(theirs[rows][i] for rows in theirs) for i in range(pairs)
     )
 
 
+def acceptable(seconds: Samples, kernel: Kernel, min_gain: float = MIN_GAIN) -> bool:
+    """Whether ``kernel`` takes at most ``min_gain`` x torch's time summed over the row counts and
+    no row count is more than ``MAX_ROW_RATIO`` x slower with it (medians over passes)."""
+    return overall_ratio(seconds, kernel) <= min_gain and all(
+        ratio <= MAX_ROW_RATIO for ratio in ratios(seconds, kernel).values()
+    )
+
+
 def decide(seconds: Samples, min_gain: float = MIN_GAIN) -> Kernel:
-    """``transposed`` when its time summed over the row counts is at most ``min_gain`` x torch's
-    and no row count is more than 10% slower with it (medians of paired ratios); else ``torch``."""
-    overall = overall_ratio(seconds) <= min_gain
-    nowhere_worse = all(ratio <= 1.1 for ratio in ratios(seconds).values())
-    return "transposed" if overall and nowhere_worse else "torch"
+    """Of the timed kernels that are :func:`acceptable`, the fastest overall; else ``torch``."""
+    candidates = [k for k in KERNELS if k != "torch" and k in seconds and acceptable(seconds, k, min_gain)]
+    return min(candidates, key=lambda k: overall_ratio(seconds, k), default="torch")
 
 
 def _sample_weights(model: nn.Module, budget: int) -> list[nn.Linear]:
@@ -140,25 +203,41 @@ def _sample_weights(model: nn.Module, budget: int) -> list[nn.Linear]:
     return chosen
 
 
+def _packed_forward(packed: dict[int, torch.Tensor]) -> Callable[[nn.Linear, torch.Tensor], torch.Tensor]:
+    def forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed[id(module)], module.bias, "none", [], "")
+
+    return forward
+
+
+def packing_available() -> bool:
+    """Whether this torch has oneDNN's CPU kernels (the packed layout needs them)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 @torch.inference_mode()
 def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS) -> Samples:
-    """Seconds of ``repeats`` pairs of passes (one per kernel, back to back, the order alternating
-    from pair to pair) over a sample of the model's linear layers, after one untimed warm-up pair."""
+    """Seconds of ``repeats`` passes, each running every kernel back to back (the order rotating
+    from pass to pass), over a sample of the model's linear layers, after one untimed warm-up pass."""
     sample = _sample_weights(model, TUNE_BYTES)
-    forwards: dict[str, Callable[[nn.Linear, torch.Tensor], torch.Tensor]] = {
+    forwards: dict[Kernel, Callable[[nn.Linear, torch.Tensor], torch.Tensor]] = {
         "torch": nn.Linear.forward,
         "transposed": TransposedLinear.forward,  # type: ignore[dict-item]  # a Linear subclass's forward
     }
-    seconds: Samples = {kernel: {m: [] for m in rows} for kernel in KERNELS}
+    if packing_available():
+        forwards["packed"] = _packed_forward({id(module): pack(module.weight) for module in sample})
+    kernels = list(forwards)
+    seconds: Samples = {kernel: {m: [] for m in rows} for kernel in kernels}
     for m in rows:
         inputs = {module.in_features: torch.randn(m, module.in_features) for module in sample}
-        for pair in range(-1, repeats):  # pair -1 warms caches and allocators up, untimed
-            for kernel in KERNELS if pair % 2 == 0 else KERNELS[::-1]:
+        for turn in range(-1, repeats):  # turn -1 warms caches and allocators up, untimed
+            shift = turn % len(kernels)
+            for kernel in kernels[shift:] + kernels[:shift]:
                 forward = forwards[kernel]
                 started = time.perf_counter()
                 for module in sample:
                     forward(module, inputs[module.in_features])
-                if pair >= 0:
+                if turn >= 0:
                     seconds[kernel][m].append(time.perf_counter() - started)
     return seconds
 
@@ -185,6 +264,7 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
     elif not _plain_linears(model):
         choice = KernelChoice("torch", "the model has no nn.Linear layers")
     else:
+        restore(model)  # time the weights in torch's layout
         key = (tuple(m.weight.shape for m in _sample_weights(model, TUNE_BYTES)), torch.get_num_threads())
         started = time.perf_counter()
         when = "timed earlier in this process"
@@ -192,12 +272,19 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
             _TIMED[key] = time_kernels(model)
             when = f"timed in {time.perf_counter() - started:.2f} s"
         seconds = _TIMED[key]
-        per_rows = ", ".join(f"{m} rows {ratio:.2f}x" for m, ratio in ratios(seconds).items())
-        pairs = len(next(iter(seconds["torch"].values())))
+        passes = len(next(iter(seconds["torch"].values())))
+        timed = "; ".join(
+            f"{kernel}: "
+            + ", ".join(f"{m} rows {ratio:.2f}x" for m, ratio in ratios(seconds, kernel).items())
+            + f", overall {overall_ratio(seconds, kernel):.2f}x"
+            for kernel in seconds
+            if kernel != "torch"
+        )
         choice = KernelChoice(
             decide(seconds),
-            f"transposed/torch time, medians of {pairs} back-to-back pairs: {per_rows}, overall "
-            f"{overall_ratio(seconds):.2f}x (switch at <= {MIN_GAIN}x, no row count over 1.1x; {when}){_spin_warning()}",
+            f"time / torch's, medians of {passes} back-to-back passes: {timed} (a kernel is used at <= "
+            f"{MIN_GAIN}x overall and <= {MAX_ROW_RATIO}x at every row count, the fastest such; {when})"
+            f"{_spin_warning()}",
             seconds,
         )
     use(model, choice.kernel)

@@ -45,7 +45,7 @@ class LoadedModel:
     is_chat: bool  # the tokenizer has a chat template
     fingerprint: str  # stable short hex id: model id + config + hash of a few weight tensors
     reason: str  # the one log line of why this model was picked
-    linear_kernel: str = "torch"  # matrix product behind nn.Linear (app.models.kernels): torch or transposed
+    linear_kernel: str = "torch"  # matrix product behind nn.Linear (app.models.kernels): torch, transposed or packed
 
     @property
     def config(self) -> Any:
