@@ -74,8 +74,11 @@ class Lab:
         self.batcher = GenerationBatcher(self.engine, lm.tokenizer, is_chat=lm.is_chat)
 
     # --- vectors ----------------------------------------------------------------------
-    def vector(self, source: str) -> SteeringVector:
-        """A vector from a concept name, a concept JSON file, or a saved .safetensors/.gguf vector."""
+    def vector(self, source: str, recommended: bool = True) -> SteeringVector:
+        """A vector from a concept name, a concept JSON file, or a saved .safetensors/.gguf vector.
+
+        ``recommended=False``: the caller sets the strength, so a concept's vector may come before
+        its strength sweep has run (:meth:`VectorLibrary.get`)."""
         suffix = Path(source).suffix.lower()
         if suffix == ".safetensors":
             return SteeringVector.load(
@@ -91,8 +94,8 @@ class Lab:
                 expect_hidden_size=self.lm.hidden_size,
             )
         if suffix == ".json":
-            return self.library.get(concept_store.load_concept_file(source))
-        return self.library.get(source)
+            return self.library.get(concept_store.load_concept_file(source), recommended=recommended)
+        return self.library.get(source, recommended=recommended)
 
     def make_steer(
         self,
@@ -101,11 +104,14 @@ class Lab:
         layers: Sequence[int] | None = None,
         unit: StrengthUnit = "normalized",
     ) -> Steer:
-        """A :class:`Steer` from a spec; unset strength/layers use the concept's recommendations."""
+        """A :class:`Steer` from a spec; unset strength/layers use the concept's recommendations.
+
+        With a strength given, the vector may come before its strength sweep (while the background
+        build runs, which then finishes it); unset layers are then extraction's best layers."""
         spec = parse_steer_spec(spec) if isinstance(spec, str) else spec
-        vector = self.vector(spec.source)
         chosen_layers = layers if layers is not None else spec.layers
         chosen_strength = strength if strength is not None else spec.strength
+        vector = self.vector(spec.source, recommended=chosen_strength is None)
         if chosen_strength is None:
             chosen_strength = 1.0 if vector.method == "gguf" else vector.recommended_strength
         if vector.method == "gguf":

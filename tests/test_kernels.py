@@ -8,6 +8,7 @@ from torch import nn
 
 from app.models import kernels
 from app.models.kernels import PackedLinear, TransposedLinear
+from app.models.loading import fingerprint
 from app.steering.engine import Steer, Steering, SteeringEngine
 from app.steering.generation import GenerationRequest, generate
 from tests.conftest import TINY_CONFIGS, make_tiny_model
@@ -61,8 +62,10 @@ def test_packing_keeps_the_values_and_skips_a_tied_output_layer():
     calls = []
     model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *args: calls.append(1))
     n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    print_before = fingerprint("tiny", model)
 
     assert kernels.use(model, "packed") == n_linear - 1  # all but the tied output layer
+    assert fingerprint("tiny", model) == print_before  # the vector cache's key reads packed weights too
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.get_input_embeddings().weight
     down = model.model.layers[0].mlp.down_proj
     assert (

@@ -58,7 +58,7 @@ def test_build_caches_and_second_start_loads_without_building(
     assert vector.recommended_layers == sweep["chosen_layers"] in sweep["layers"]
 
     second = library(engine, char_tokenizer, concept_dir, tmp_path)
-    monkeypatch.setattr(second, "build", lambda *a, **k: pytest.fail("should load from cache"))
+    monkeypatch.setattr(second, "extract", lambda *a, **k: pytest.fail("should load from cache"))
     assert second.load_cached() == 2
     assert second.missing() == []
     assert second.get("joy").layers[1].tolist() == vector.layers[1].tolist()
@@ -99,13 +99,13 @@ def test_corrupt_and_foreign_files_are_rebuilt_with_a_warning(engine, char_token
 def test_concurrent_requests_build_once(engine, char_tokenizer, concept_dir, tmp_path, monkeypatch):
     lib = library(engine, char_tokenizer, concept_dir, tmp_path)
     calls = []
-    real_build = lib.build
+    real_extract = lib.extract
 
-    def counting_build(*args, **kwargs):
+    def counting_extract(*args, **kwargs):
         calls.append(1)
-        return real_build(*args, **kwargs)
+        return real_extract(*args, **kwargs)
 
-    monkeypatch.setattr(lib, "build", counting_build)
+    monkeypatch.setattr(lib, "extract", counting_extract)
     results = []
     threads = [threading.Thread(target=lambda: results.append(lib.get("joy"))) for _ in range(4)]
     for thread in threads:
@@ -118,9 +118,9 @@ def test_concurrent_requests_build_once(engine, char_tokenizer, concept_dir, tmp
 def test_prioritized_concept_is_built_first(engine, char_tokenizer, concept_dir, tmp_path, monkeypatch):
     lib = library(engine, char_tokenizer, concept_dir, tmp_path)
     order = []
-    real_build = lib.build
+    real_extract = lib.extract
     monkeypatch.setattr(
-        lib, "build", lambda concept, *a, **k: order.append(concept.name) or real_build(concept, *a, **k)
+        lib, "extract", lambda concept, *a, **k: order.append(concept.name) or real_extract(concept, *a, **k)
     )
     lib.prioritize("joy")
     lib.build_all()

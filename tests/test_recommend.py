@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import pytest
 import torch
 
 import app.steering.recommend as recommend
+from app.analysis.metrics import perplexity_from_ids
 from app.steering.extraction import extract
 from app.steering.recommend import (
     CONTINUATION_PROMPTS,
@@ -63,6 +67,17 @@ def _vector(tiny_engine, char_tokenizer) -> SteeringVector:
     return extract(tiny_engine, char_tokenizer, POS, NEG, name="joy", model_id="tiny", model_fingerprint="fp").vector
 
 
+def test_reply_perplexities_equal_scoring_each_whole_sequence(tiny_engine, char_tokenizer):
+    prompts = [char_tokenizer("The cat")["input_ids"], char_tokenizer("A much longer prompt here")["input_ids"]]
+    replies = [(0, [5, 9, 14, 3]), (1, [7]), (0, []), (1, [22, 8, 8, 31, 2, 6])]
+    got = recommend.reply_perplexities(tiny_engine, prompts, replies)
+    whole = [prompts[p] + list(r) for p, r in replies]
+    expected = perplexity_from_ids(tiny_engine.model, whole, [len(prompts[p]) for p, _ in replies])
+    assert math.isnan(got[2]) and math.isnan(expected[2])
+    assert [got[i] for i in (0, 1, 3)] == pytest.approx([expected[i] for i in (0, 1, 3)], rel=1e-4)
+    assert tiny_engine.hook_count() == 0
+
+
 def test_candidate_layers_start_with_the_recommended_one(tiny_engine, char_tokenizer):
     vector = _vector(tiny_engine, char_tokenizer)
     sets = candidate_layers(vector)
@@ -89,12 +104,19 @@ def test_sweep_is_one_batched_call_scored_per_setting(tiny_engine, char_tokenize
         seen.append(list(texts))
         return [len(t) / 100 for t in texts]
 
+    monkeypatch.setattr(recommend, "_BASELINES", weakref.WeakKeyDictionary())
     sweep = sweep_strengths(
         tiny_engine, char_tokenizer, vector, POS, NEG, fake_effect, strengths=(1.0, 3.0), max_new_tokens=4
     )
     n_sets = len(sweep.layers)
     assert calls == [len(CONTINUATION_PROMPTS) * (1 + n_sets * 2)]  # one call: baseline + every setting
     assert len(seen) == 1 and len(seen[0]) == calls[0]
+    again = sweep_strengths(
+        tiny_engine, char_tokenizer, vector, POS, NEG, fake_effect, strengths=(1.0, 3.0), max_new_tokens=4
+    )
+    assert calls[1] == len(CONTINUATION_PROMPTS) * n_sets * 2  # the unsteered replies are kept per model
+    assert len(seen[1]) == calls[0] and seen[1] == seen[0]  # ... and still scored as the baseline
+    assert again == sweep
     assert [len(row) for row in sweep.effect] == [2] * n_sets
     assert sweep.chosen_strength in (1.0, 3.0) and sweep.chosen_layers in sweep.layers
     assert sweep.perplexity_limit >= recommend.MIN_PERPLEXITY_LIMIT

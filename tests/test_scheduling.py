@@ -8,15 +8,18 @@ by events, not by speed.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from app.steering.batcher import GenerationBatcher
 from app.steering.engine import SteeringEngine
 from app.steering.generation import GenerationRequest, last
+from app.steering.generation import stream_generate as generate_stream
 from app.steering.library import VectorLibrary
 from app.steering.model_lock import ModelLock
 from tests.conftest import make_tiny_model
@@ -117,9 +120,10 @@ def test_claims_of_a_background_thread_count_for_nothing():
 
 
 class PassRecorder:
-    """Records the thread of every forward pass of the decoder stack; holds the build's first one."""
+    """Records the thread of every forward pass of the decoder stack; holds one of the build's open."""
 
-    def __init__(self, engine: SteeringEngine) -> None:
+    def __init__(self, engine: SteeringEngine, hold_at: int = 1) -> None:
+        self.hold_at = hold_at  # which of the build's passes to hold open (1: its first)
         self.threads: list[str] = []
         self.build_in_pass = threading.Event()
         self.let_build_go = threading.Event()
@@ -128,7 +132,7 @@ class PassRecorder:
     def _hook(self, module, args) -> None:
         name = threading.current_thread().name
         self.threads.append(name)
-        if name == BUILD and not self.build_in_pass.is_set():
+        if name == BUILD and self.threads.count(BUILD) == self.hold_at:
             self.build_in_pass.set()
             if not self.let_build_go.wait(WAIT):
                 raise RuntimeError("the test never let the build go on")
@@ -208,3 +212,81 @@ def test_asking_for_the_concept_being_built_takes_the_builds_result(lab_parts):
     build.join(WAIT)
     assert "error" not in out and out["value"] is library.cached("alpha")
     assert "user" not in recorder.threads  # built once, by the build
+
+
+def test_a_background_generation_lets_a_user_in_between_two_of_its_steps(char_tokenizer):
+    # The library's strength sweep generates in the background: a user must not wait for all of it.
+    engine = SteeringEngine(make_tiny_model("llama", seed=3))
+    recorder = PassRecorder(engine, hold_at=3)  # the sweep's prefill and first step are done, the next runs
+    sweep = GenerationRequest("Hello there", max_new_tokens=8, temperature=0.0)
+    alone = last(generate_stream(engine, char_tokenizer, [sweep]))
+    recorder.threads.clear()
+
+    def background() -> list:
+        with engine.lock.background():
+            return last(generate_stream(engine, char_tokenizer, [sweep]))
+
+    build, built = start(background, BUILD)
+    assert recorder.build_in_pass.wait(WAIT)
+    request = GenerationRequest("Hi", max_new_tokens=4, temperature=0.0)
+    user, out = start(lambda: last(generate_stream(engine, char_tokenizer, [request])), "user")
+    wait_until(lambda: engine.lock.pending() > 0, "the user's generation to wait for the model")
+    recorder.let_build_go.set()
+    user.join(WAIT)
+    build.join(WAIT)
+    assert "error" not in out and "error" not in built
+    runs = recorder.runs()
+    assert runs[0] == (BUILD, 3) and runs[1][0] == "user" and runs[2][0] == BUILD and len(runs) == 3
+    assert built["value"][0].token_ids == alone[0].token_ids  # the paused generation went on where it was
+    assert engine.hook_count() == 1  # only the recorder's
+
+
+# --- a user who sets the strength does not wait for a strength sweep ----------------------
+
+
+def test_a_user_who_sets_the_strength_steers_once_extracted_and_the_build_sweeps_after(lab_parts, monkeypatch):
+    engine, library, recorder = lab_parts
+    sweeps: list[tuple[str, str]] = []
+    real_recommend = library.recommend
+
+    def recording_recommend(concept, extracted):
+        sweeps.append((concept.name, threading.current_thread().name))
+        return real_recommend(concept, extracted)
+
+    monkeypatch.setattr(library, "recommend", recording_recommend)
+    build = library.start_background_build()
+    assert recorder.build_in_pass.wait(WAIT)  # the build is inside alpha's first forward pass
+    user, out = start(lambda: library.get("gamma", recommended=False), "user")
+    wait_until(lambda: engine.lock.pending() > 0, "the user's request to be pending")
+    recorder.let_build_go.set()
+    user.join(WAIT)
+    assert "error" not in out
+    vector = out["value"]
+    assert vector.metadata["recommendation"] == "pending" and "strength_sweep" not in vector.metadata
+    assert vector.recommended_layers  # extraction's best layer: enough to steer with the user's strength
+    build.join(WAIT)
+    assert ("gamma", BUILD) in sweeps and ("gamma", "user") not in sweeps  # the build swept it for the user
+    assert sweeps[:2] == [("alpha", BUILD), ("gamma", BUILD)]  # next in line after the concept it was on
+    done = library.cached("gamma")
+    assert done is not None and "strength_sweep" in done.metadata and "recommendation" not in done.metadata
+    assert torch.equal(done.layers[1], vector.layers[1])  # the same directions, now with a recommendation
+    assert library.ready_names() == ["alpha", "beta", "gamma"]
+
+
+def test_a_concept_being_swept_in_the_background_can_steer_at_once(lab_parts, char_tokenizer):
+    engine, library, recorder = lab_parts
+    extraction_passes = math.ceil((len(POS) + len(NEG)) / 16)  # capture's batches (app/steering/extraction.py)
+    recorder.hold_at = extraction_passes + 1  # alpha is extracted; hold the first pass of its sweep
+    build = library.start_background_build()
+    assert recorder.build_in_pass.wait(WAIT)
+    vector = library.get("alpha", recommended=False)  # returns while the build's sweep pass is held
+    assert vector.metadata["recommendation"] == "pending" and library.cached("alpha") is None
+    recorder.let_build_go.set()
+    build.join(WAIT)
+    assert library.cached("alpha") is not None and "strength_sweep" in library.cached("alpha").metadata
+
+
+def test_without_a_background_build_the_sweep_runs_in_the_call(lab_parts):
+    _, library, _ = lab_parts
+    vector = library.get("beta", recommended=False)
+    assert "strength_sweep" in vector.metadata and library.cached("beta") is vector

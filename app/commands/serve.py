@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     from app.lab import Lab
     from app.models.loading import load_model
     from app.models.registry import availabilities
-    from app.ui.app import CSS, build_app
+    from app.ui.app import CSS, build_app, start_library
     from app.ui.state import LabHolder
 
     def loader(model_id: str | None) -> Lab:
@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     demo.launch(css=CSS, prevent_thread_lock=True, app_kwargs=app_kwargs(holder, options["auth"]), **options)
     if not args.no_build:
         # Only now: the build shares the CPU with whatever it runs beside, and the page comes first.
-        holder.lab.library.start_background_build()
+        start_library(holder.lab)  # the Playground's opening concept first
         from app.analysis.umap_cache import start_warming
 
         start_warming()  # the concept map's UMAP compiles in a low-priority child, not at the first map

@@ -99,7 +99,8 @@ def fingerprint(model_id: str, model: PreTrainedModel) -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = [p for _, p in model.named_parameters() if p.device.type != "meta"]  # not offloaded
     for tensor in (params[0], params[len(params) // 2], params[-1]):
-        piece = tensor.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16)
+        dense = tensor.to_dense() if tensor.is_mkldnn else tensor  # a packed weight (app.models.kernels)
+        piece = dense.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16)
         digest.update(piece.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
 

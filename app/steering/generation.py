@@ -285,8 +285,9 @@ def stream_generate(
 ) -> Iterator[list[GenerationResult]]:
     """Generate all rows in one batch, yielding every row's result after each step.
 
-    The engine's lock is held and the steering hooks are in place for the whole loop; closing the
-    generator early (a Stop button) ends the ``with`` block and removes every hook.
+    The engine's lock is held and the steering hooks are in place while a step runs; closing the
+    generator early (a Stop button) ends the ``with`` block and removes every hook. A user's
+    generation holds them for the whole loop; background work lets a waiting user in between steps.
     """
     if not requests:
         return
@@ -309,45 +310,56 @@ def stream_generate(
     finished = torch.zeros(len(requests), dtype=torch.bool, device=device)
     limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
 
-    with engine.lock, engine.steer([r.steering for r in requests], prompt_lengths=[len(p) for p in prompts]):
-        config: Any = model.config
-        cache = DynamicCache(config=config)
-        step_ids, step_positions = input_ids, position_ids
-        for _ in range(int(limits.max())):
-            if stop is not None and stop.is_set():
-                for result in results:
-                    result.finish_reason = result.finish_reason or "stopped"
-                break
-            output = model(
-                input_ids=step_ids,
-                attention_mask=attention_mask,
-                position_ids=step_positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = output.logits[:, -1, :].float()  # [batch, vocab]
-            cache = output.past_key_values
-            chosen = sampler(logits)
-            _record_top_k(results, requests, logits, finished)
-            for i, result in enumerate(results):
-                if finished[i]:
-                    continue
-                token = int(chosen[i])
-                result.token_ids.append(token)
-                result.text = texts[i].add(token)
-                if token in stop_ids:
-                    finished[i] = True
-                    result.finish_reason = "eos"
-                elif len(result.token_ids) >= requests[i].max_new_tokens:
-                    finished[i] = True
-                    result.finish_reason = "length"
-            if bool(finished.all()):
-                break
-            yield results
-            step_ids = torch.where(finished, torch.full_like(chosen, pad_id), chosen)[:, None]
-            attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
-            step_positions = step_positions[:, -1:] + 1
+    config: Any = model.config
+    cache = DynamicCache(config=config)
+    step_ids, step_positions = input_ids, position_ids
+    steps, done = int(limits.max()), False
+    rows = [r.steering for r in requests]
+    prompt_lengths = [len(p) for p in prompts]
+    while steps > 0 and not done:
+        # Background work (the library's strength sweeps) leaves this block between two steps when a
+        # user's work is pending, and comes back to the same cache; hooks exist only inside it.
+        with engine.lock, engine.steer(rows, prompt_lengths=prompt_lengths):
+            while steps > 0:
+                if stop is not None and stop.is_set():
+                    for result in results:
+                        result.finish_reason = result.finish_reason or "stopped"
+                    done = True
+                    break
+                output = model(
+                    input_ids=step_ids,
+                    attention_mask=attention_mask,
+                    position_ids=step_positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                steps -= 1
+                logits = output.logits[:, -1, :].float()  # [batch, vocab]
+                cache = output.past_key_values
+                chosen = sampler(logits)
+                _record_top_k(results, requests, logits, finished)
+                for i, result in enumerate(results):
+                    if finished[i]:
+                        continue
+                    token = int(chosen[i])
+                    result.token_ids.append(token)
+                    result.text = texts[i].add(token)
+                    if token in stop_ids:
+                        finished[i] = True
+                        result.finish_reason = "eos"
+                    elif len(result.token_ids) >= requests[i].max_new_tokens:
+                        finished[i] = True
+                        result.finish_reason = "length"
+                if bool(finished.all()):
+                    done = True
+                    break
+                yield results
+                step_ids = torch.where(finished, torch.full_like(chosen, pad_id), chosen)[:, None]
+                attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
+                step_positions = step_positions[:, -1:] + 1
+                if engine.lock.should_yield():
+                    break
     for result, text in zip(results, texts):
         result.text = text.final()
     # The last state is yielded after the block, so a caller that sees it finished sees no hooks left.

@@ -4,7 +4,9 @@ Files live in ``cache/vectors/<model fingerprint>/<name>-<content hash>-<setting
 an edited concept or another model gets a new key and is recomputed, never silently reused. A
 file that cannot be read or belongs to another model is rebuilt with a warning. Builds can run
 in a background thread while the app answers; a concept someone asks for is built at once in
-their call, while the background build waits between its forward passes.
+their call, while the background build waits between its forward passes. A build is extraction
+(the directions) and then the strength sweep (the recommendation): a caller that sets the
+strength itself steers as soon as extraction is done, and the background build sweeps next.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -31,6 +33,14 @@ from app.storage import cache_dir
 log = logging.getLogger(__name__)
 
 EXTRACTION_VERSION = 2  # bump when extraction or recommendation changes what a file holds
+
+
+@dataclass
+class _Build:
+    """One concept being built: ``extracted`` is set once it can steer, ``done`` when it is finished."""
+
+    extracted: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,8 @@ class VectorLibrary:
         self.folder = Path(root or cache_dir() / "vectors") / fingerprint
         self._vectors: dict[str, SteeringVector] = {}
         self._lock = threading.RLock()
-        self._building: dict[str, threading.Event] = {}
+        self._building: dict[str, _Build] = {}
+        self._extracted: dict[str, SteeringVector] = {}  # extracted, strength sweep still to run
         self._priority: list[str] = []
         self._worker: threading.Thread | None = None
         self.status = "idle"
@@ -93,8 +104,17 @@ class VectorLibrary:
         name_or_concept: str | Concept,
         settings: Settings | None = None,
         progress: Progress | None = None,
+        *,
+        recommended: bool = True,
     ) -> SteeringVector:
-        """The vector of a concept (name, file path or Concept): from memory, disk, or built now."""
+        """The vector of a concept (name, file path or Concept): from memory, disk, or built now.
+
+        ``recommended=False``: the caller sets the strength itself, so a vector whose strength
+        sweep has not run yet will do (``metadata["recommendation"] == "pending"``; its layers are
+        extraction's best). While the background build runs, a saved concept is then only
+        extracted in this call and its sweep is left to the build, next in line; without a
+        background build the sweep runs here, as for ``recommended=True``.
+        """
         concept = (
             name_or_concept
             if isinstance(name_or_concept, Concept)
@@ -106,25 +126,38 @@ class VectorLibrary:
             with self._lock:
                 if key in self._vectors:
                     return self._vectors[key]
-                event = self._building.get(key)
-                if event is None:
-                    event = self._building[key] = threading.Event()
+                if not recommended and key in self._extracted:
+                    return self._extracted[key]
+                build = self._building.get(key)
+                if build is None:
+                    build = self._building[key] = _Build()
                     break
-            event.wait()  # another thread is building it: take its result
+            (build.extracted if not recommended else build.done).wait()  # another thread builds it
+        hand_off = not recommended and self._is_saved(concept) and self.background_build_running()
         try:
             # A user's build runs now, in the user's call: the background build pauses at its next
             # forward pass until this one is done (a claim of the model lock; none for the build itself).
             with self.engine.lock.foreground():
-                vector = self._load_or_build(concept, settings, progress)
+                vector = self._load_or_build(concept, settings, progress, key, build, sweep=not hand_off)
             with self._lock:
+                if vector.metadata.get("recommendation") == "pending":
+                    self.prioritize(concept.name)  # the background build sweeps it next
+                    self.start_background_build()  # (again, if it ended since we looked)
+                    return vector
                 self._vectors[key] = vector
+                self._extracted.pop(key, None)
                 if settings == default_settings(concept) and self._is_saved(concept):
                     self._vectors[concept.name] = vector  # only the saved concept owns its name
             return vector
         finally:
             with self._lock:
                 self._building.pop(key, None)
-            event.set()
+            build.extracted.set()
+            build.done.set()
+
+    def background_build_running(self) -> bool:
+        with self._lock:
+            return self._worker is not None and self._worker.is_alive()
 
     def _is_saved(self, concept: Concept) -> bool:
         saved = self.concepts().get(concept.name)
@@ -135,7 +168,9 @@ class VectorLibrary:
             return self._vectors.get(name)
 
     # --- building -----------------------------------------------------------------------
-    def _load_or_build(self, concept: Concept, settings: Settings, progress: Progress | None) -> SteeringVector:
+    def _load_or_build(
+        self, concept: Concept, settings: Settings, progress: Progress | None, key: str, build: _Build, sweep: bool
+    ) -> SteeringVector:
         path = self.path_for(concept, settings)
         if path.exists():
             try:
@@ -144,7 +179,16 @@ class VectorLibrary:
                 )
             except VectorFileError as error:
                 log.warning("rebuilding %s: %s", path.name, error)
-        vector = self.build(concept, settings, progress)
+        with self._lock:
+            extracted = self._extracted.get(key)
+        if extracted is None:
+            extracted = self.extract(concept, settings, progress)
+            with self._lock:
+                self._extracted[key] = extracted
+            build.extracted.set()  # callers who set the strength themselves can steer with it now
+        if not sweep:
+            return extracted
+        vector = self.recommend(concept, extracted)
         try:
             vector.save(path)
         except OSError as error:  # a full disk or read-only cache must not stop the lesson
@@ -155,7 +199,10 @@ class VectorLibrary:
         self, concept: Concept, settings: Settings | None = None, progress: Progress | None = None
     ) -> SteeringVector:
         """Extract a concept and find its recommended strength (no cache involved)."""
-        settings = settings or default_settings(concept)
+        return self.recommend(concept, self.extract(concept, settings or default_settings(concept), progress))
+
+    def extract(self, concept: Concept, settings: Settings, progress: Progress | None = None) -> SteeringVector:
+        """The concept's directions at every layer; its strength is not recommended yet."""
         started = time.perf_counter()
         result = extract(
             self.engine,
@@ -175,18 +222,25 @@ class VectorLibrary:
                 "model_type": getattr(self.engine.model.config, "model_type", ""),
             },
         )
-        vector = result.vector
+        result.vector.metadata.update(recommendation="pending", extract_seconds=round(time.perf_counter() - started, 3))
+        return result.vector
+
+    def recommend(self, concept: Concept, extracted: SteeringVector) -> SteeringVector:
+        """A copy of ``extracted`` with the recommended layers and strength of its sweep."""
         from app.analysis.metrics import effect  # lazily: loads the sentence-embedding model on first use
 
-        sweep = sweep_strengths(self.engine, self.tokenizer, vector, concept.positive, concept.negative, effect)
-        vector.metadata.update(
+        started = time.perf_counter()
+        sweep = sweep_strengths(self.engine, self.tokenizer, extracted, concept.positive, concept.negative, effect)
+        metadata = {key: value for key, value in extracted.metadata.items() if key != "recommendation"}
+        spent = metadata.pop("extract_seconds", 0.0) + time.perf_counter() - started
+        metadata.update(
             recommended_layers=sweep.chosen_layers,
             recommended_strength=sweep.chosen_strength,
             strength_sweep=sweep.to_dict(),
-            build_seconds=round(time.perf_counter() - started, 3),
+            build_seconds=round(spent, 3),
         )
         log.info("built %s: layers %s, strength %.1f", concept.name, sweep.chosen_layers, sweep.chosen_strength)
-        return vector
+        return replace(extracted, metadata=metadata)
 
     def load_cached(self) -> int:
         """Load every concept whose file is already on disk; returns how many were loaded."""

@@ -85,6 +85,11 @@ class ModelLock:
         with self._cond:
             return self._foreground_waiting + self._claims
 
+    def should_yield(self) -> bool:
+        """Whether the calling thread is background work that foreground work is waiting for: it
+        should end its hold at the next step boundary (release the lock and ask again)."""
+        return self.is_background() and self.pending() > 0
+
     def background_waiting(self) -> int:
         """Background threads blocked in :meth:`acquire` now (for tests and the health view)."""
         with self._cond:

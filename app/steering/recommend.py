@@ -13,17 +13,21 @@ The tuning prompts are fixed here and are not the held-out questions of ``python
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from app.steering.engine import NO_STEERING, Steer, Steering, SteeringEngine
-from app.steering.generation import GenerationRequest, encode_prompt, generate
+from app.steering.generation import GenerationRequest, GenerationResult, encode_prompt, generate, left_pad
 from app.steering.vectors import SteeringVector
 
 CHAT_PROMPTS: tuple[str, ...] = (
@@ -43,6 +47,7 @@ MAX_PERPLEXITY_RATIO = 6.0  # a fluent setting's median perplexity is at most th
 MIN_PERPLEXITY_LIMIT = 12.0  # ... or this, whichever is larger (greedy chat replies score ~1.5)
 MAX_REPEATED_SHARE = 0.3  # a reply with more repeated 3-grams than this is a loop
 DEFAULT_STRENGTH = 4.0
+PERPLEXITY_ROWS = 8  # replies scored per forward pass (a waiting user gets in between passes)
 
 EffectFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Any]  # -> one float per text
 
@@ -124,6 +129,90 @@ def choose(
     return -best[2], best[3]
 
 
+@dataclass(frozen=True)
+class _Baseline:
+    """The unsteered replies to the tuning prompts: the same for every concept of a model."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    perplexity: list[float]
+
+
+# Per loaded model (weakly: a model that is let go takes its entry along), by (prompts, chat, tokens).
+_BASELINES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Baseline]] = weakref.WeakKeyDictionary()
+
+
+@torch.inference_mode()
+def reply_perplexities(
+    engine: SteeringEngine, prompts: Sequence[Sequence[int]], replies: Sequence[tuple[int, Sequence[int]]]
+) -> list[float]:
+    """Perplexity of each reply under the unsteered model, as the continuation of its prompt.
+
+    ``replies``: (prompt index, reply token ids). The prompts run once; each chunk of replies then
+    continues from a copy of their cache, so only reply positions are computed after that, and the
+    output layer runs on reply positions alone. Each forward pass takes the model's lock on its own,
+    so background work lets a waiting user in between them. A reply with no tokens gives NaN.
+    """
+    model, device = engine.model, engine.device
+    ids, mask = left_pad([list(p) for p in prompts], 0)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with engine.lock:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1, :].float()  # [prompts, vocab]: each reply's first token is predicted here
+    prompt_cache = out.past_key_values
+    result = [math.nan] * len(replies)
+    scored = [i for i, (_, reply) in enumerate(replies) if len(reply) > 0]
+    for start in range(0, len(scored), PERPLEXITY_ROWS):
+        rows = scored[start : start + PERPLEXITY_ROWS]
+        which = torch.tensor([replies[i][0] for i in rows], device=device)
+        width = max(len(replies[i][1]) for i in rows)
+        reply_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        reply_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for r, i in enumerate(rows):
+            reply_ids[r, : len(replies[i][1])] = torch.tensor(list(replies[i][1]))
+            reply_mask[r, : len(replies[i][1])] = 1  # right padding: no real token attends to it
+        cache = copy.deepcopy(prompt_cache)
+        cache.batch_select_indices(which)
+        steps = torch.arange(1, width + 1, device=device)[None, :]
+        with engine.lock:
+            logits = model(
+                input_ids=reply_ids,
+                attention_mask=torch.cat([mask[which], reply_mask], dim=-1),
+                position_ids=positions[which, -1:] + steps,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits.float()  # [rows, width, vocab]
+        for r, i in enumerate(rows):
+            tokens = torch.tensor(list(replies[i][1]), device=device)
+            predicted = torch.cat([first[replies[i][0]][None], logits[r, : len(tokens) - 1]])
+            result[i] = math.exp(float(F.cross_entropy(predicted, tokens)))
+    return result
+
+
+def baseline_replies(
+    engine: SteeringEngine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    is_chat: bool,
+    max_new_tokens: int,
+    generated: Sequence[GenerationResult] | None = None,
+) -> _Baseline:
+    """The unsteered replies to ``prompts`` and their perplexities, computed once per model.
+
+    ``generated``: these replies, when the caller generated them already (in its own batch)."""
+    key = (tuple(prompts), is_chat, max_new_tokens)
+    known = _BASELINES.setdefault(engine.model, {})
+    if key not in known:
+        if generated is None:
+            requests = [GenerationRequest(prompt=p, max_new_tokens=max_new_tokens, chat=True) for p in prompts]
+            generated = generate(engine, tokenizer, requests, is_chat=is_chat)
+        encoded = [encode_prompt(tokenizer, p, True, is_chat) for p in prompts]
+        perplexity = reply_perplexities(engine, encoded, [(i, r.token_ids) for i, r in enumerate(generated)])
+        known[key] = _Baseline([r.text for r in generated], [list(r.token_ids) for r in generated], perplexity)
+    return known[key]
+
+
 @torch.inference_mode()
 def sweep_strengths(
     engine: SteeringEngine,
@@ -136,35 +225,41 @@ def sweep_strengths(
     layer_sets: Sequence[Sequence[int]] | None = None,
     max_new_tokens: int = SWEEP_TOKENS,
 ) -> StrengthSweep:
-    """Generate, score and choose (see the module docstring). One batched generate call."""
-    from app.analysis.metrics import perplexity_from_ids  # lazily: analysis imports nothing from steering here
-
+    """Generate, score and choose (see the module docstring). One batched generate call; the
+    unsteered rows join it only the first time for a model (their replies are kept)."""
     is_chat = bool(getattr(tokenizer, "chat_template", None))
     prompts = CHAT_PROMPTS if is_chat else CONTINUATION_PROMPTS
     sets: list[list[int]] = [list(s) for s in (layer_sets or candidate_layers(vector))]
-    settings: list[Steering] = [NO_STEERING] + [
+    steered: list[Steering] = [
         Steering((Steer(vector, float(s), tuple(layers)),)) for layers in sets for s in strengths
     ]
+    known = (tuple(prompts), is_chat, max_new_tokens) in _BASELINES.get(engine.model, {})
+    settings = steered if known else [NO_STEERING, *steered]
     requests = [
         GenerationRequest(prompt=p, steering=steering, max_new_tokens=max_new_tokens, chat=True)
         for steering in settings
         for p in prompts
     ]
     results = generate(engine, tokenizer, requests, is_chat=is_chat)
-    texts = [r.text for r in results]
-    encoded = [encode_prompt(tokenizer, p, True, is_chat) for p in prompts] * len(settings)
-    with engine.lock:
-        ppl = perplexity_from_ids(
-            engine.model, [p + r.token_ids for p, r in zip(encoded, results)], [len(p) for p in encoded]
-        )
-    effects = [float(e) for e in effect(texts, positive, negative)]
-    repeats = [repeated_ngram_share(r.token_ids) for r in results]
     n = len(prompts)
+    if not known:
+        baseline = baseline_replies(engine, tokenizer, prompts, is_chat, max_new_tokens, generated=results[:n])
+        results = results[n:]
+    else:
+        baseline = baseline_replies(engine, tokenizer, prompts, is_chat, max_new_tokens)
+    encoded = [encode_prompt(tokenizer, p, True, is_chat) for p in prompts]
+    ppl = baseline.perplexity + reply_perplexities(
+        engine, encoded, [(k % n, r.token_ids) for k, r in enumerate(results)]
+    )
+    texts = baseline.texts + [r.text for r in results]
+    effects = [float(e) for e in effect(texts, positive, negative)]
+    repeats = [repeated_ngram_share(ids) for ids in baseline.token_ids + [r.token_ids for r in results]]
+    n_settings = 1 + len(steered)
 
     def per_setting(values: list[float], reduce: Callable[[list[float]], float]) -> list[float]:
         return [
             reduce([v for v in values[k * n : (k + 1) * n] if not math.isnan(v)] or [float("inf")])
-            for k in range(len(settings))
+            for k in range(n_settings)
         ]
 
     mean_effect = per_setting(effects, statistics.fmean)

@@ -6,11 +6,16 @@ components and wires them to the core, and ``TAB`` names it; this file only asse
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gradio as gr
 
 from app.ui import advanced, calibrate, creator, explorer, learn, playground, select, visualizer
 from app.ui.health import add_health_endpoint
 from app.ui.state import LabHolder, TabSpec, user_error
+
+if TYPE_CHECKING:
+    from app.lab import Lab
 
 TABS: tuple[TabSpec, ...] = (
     playground.TAB,
@@ -27,6 +32,13 @@ CSS = """
 .steer-output textarea { font-size: 15px; line-height: 1.45; }
 .header-line p { margin: 0; }
 """
+
+
+def start_library(lab: Lab) -> None:
+    """Build the missing concepts in the background, the Playground's opening concept first: it is
+    the one a class's first click asks for."""
+    lab.library.prioritize(playground.DEFAULT_CONCEPT)
+    lab.library.start_background_build()
 
 
 def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> gr.Blocks:
@@ -51,7 +63,7 @@ def build_app(holder: LabHolder, switchable_models: list[str] | None = None) -> 
                 except Exception as error:  # shown to the user, the app keeps serving
                     raise gr.Error(user_error(error)) from None
                 lab.library.load_cached()
-                lab.library.start_background_build()
+                start_library(lab)
                 return holder.header_markdown(), f"Loaded `{model_id}`; the concept library builds in the background."
 
             switch.click(do_switch, [choice], [header, status], api_name="switch_model", concurrency_id="model")

@@ -24,6 +24,7 @@ from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
 log = logging.getLogger(__name__)
 
 N_ROWS = 3
+DEFAULT_CONCEPT = "happy"  # the concept the Playground opens with: the library builds it first
 TOP_K = 5
 NONE = ""  # the "no concept" choice of rows 2 and 3
 
@@ -73,7 +74,8 @@ def _steers(holder: LabHolder, rows: list[tuple[str, float]], layers_text: str, 
         if not name:
             continue
         label = f"building the {name} vector"
-        lab.library.get(name, progress=lambda f, m, label=label: progress(f, desc=f"{label}: {m}"))
+        # The strength is the form's: the concept's strength sweep may finish later, in the background.
+        lab.library.get(name, progress=lambda f, m, label=label: progress(f, desc=f"{label}: {m}"), recommended=False)
         steers.append(lab.make_steer(name, float(strength), layers))
     if not steers:
         raise ValueError("pick at least one concept to steer with")
@@ -145,8 +147,8 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
                 concepts.append(
                     gr.Dropdown(
                         choices if row == 0 else [("— none —", NONE), *choices],
-                        value="happy"
-                        if row == 0 and any(v == "happy" for _, v in choices)
+                        value=DEFAULT_CONCEPT
+                        if row == 0 and any(v == DEFAULT_CONCEPT for _, v in choices)
                         else (None if row == 0 else NONE),
                         label=f"Concept {row + 1}" if row else "Concept",
                         scale=2,
@@ -157,7 +159,7 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
                     gr.Slider(
                         -10,
                         10,
-                        value=_initial_strength(holder, "happy") if row == 0 else 0.0,
+                        value=_initial_strength(holder, DEFAULT_CONCEPT) if row == 0 else 0.0,
                         step=0.5,
                         label="Strength",
                         scale=3,
