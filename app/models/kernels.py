@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -122,7 +122,7 @@ def use(model: nn.Module, kernel: Kernel) -> int:
         trainable = module.weight.requires_grad
         module.weight = nn.Parameter(pack(module.weight), requires_grad=False)  # oneDNN has no backward for it
         module.__class__ = PackedLinear
-        module.dense_requires_grad = trainable
+        cast(PackedLinear, module).dense_requires_grad = trainable
         changed += 1
     return changed
 
