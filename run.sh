@@ -110,6 +110,10 @@ fi
 say "set-up done in ${SECONDS} s"
 
 # --- 6. run --------------------------------------------------------------------------------
+# OpenMP threads that sleep instead of spinning: on a busy machine spinning threads made decoding up
+# to 10x slower (docs/performance.md). python -m app sets it too; the tests' own Python processes
+# (the README example, test subprocesses) get it from here.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 if [[ "$mode" == test ]]; then
     say "running the tests: python -m pytest $*"
     set +e

@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny random-weight models (no download) and a character tokenizer."""
+"""Shared fixtures: tiny random-weight models (no download) and a character tokenizer; for the
+tests that run a real embedded model, the check that it is set up and a sandbox cache around it."""
 
 from __future__ import annotations
 
+import os
 import string
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -10,6 +14,34 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from app.steering.engine import SteeringEngine
+
+SMALL_MODEL = "smollm2-135m-instruct"  # the embedded model the tests run for real: the smallest
+
+
+def missing(message: str) -> NoReturn:
+    """Skip a test that needs what set-up provides; under CI=true, where set-up always runs, fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def require_model(model_id: str = SMALL_MODEL) -> None:
+    """Skip (or, under CI=true, fail) unless ``model_id`` is set up in this checkout's cache."""
+    from app.models.embedded import is_set_up, models_dir
+
+    if not is_set_up(model_id):
+        missing(f"{model_id} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {model_id}")
+
+
+def sandbox_cache(root: Path) -> Path:
+    """``root/cache`` with the set-up models linked in: vectors and files written there stay under ``root``."""
+    from app.models.embedded import models_dir
+
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(models_dir().resolve(), target_is_directory=True)
+    return cache
+
 
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=128, **IDS)

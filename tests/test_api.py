@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     shutil.copy(REPO_ROOT / "concepts" / "cost.json", root / "concepts")
     from app.lab import Lab
     from app.models.loading import load_model
-    from app.ui.state import LabHolder
+    from app.serving import LabHolder
 
     lab = Lab(
         load_model(str(save_tiny_model(root / "tiny-model")), device="cpu"),

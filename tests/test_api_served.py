@@ -7,7 +7,6 @@ Skipped when SmolLM2 is not set up, except under CI=true, where that is a failur
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from app.models.embedded import is_set_up, models_dir
+from tests.conftest import SMALL_MODEL, require_model, sandbox_cache
 from tests.reliability_support import AUTH, generate_args, start_server
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ASK = [{"role": "user", "content": "Tell me about the sea in one sentence."}]
 PIRATE = {"steering": [{"concept": "pirate", "strength": 6}]}
@@ -26,14 +25,9 @@ PIRATE = {"steering": [{"concept": "pirate", "strength": 6}]}
 
 @pytest.fixture(scope="module")
 def server():
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+    require_model(MODEL_ID)
     root = Path(tempfile.mkdtemp(prefix="steering-lab-api-"))
-    (root / "cache").mkdir()
-    (root / "cache" / "models").symlink_to(models_dir().resolve())
+    sandbox_cache(root)
     served = start_server(root, "--model", MODEL_ID)  # the last --model wins
     yield served
     served.stop()

@@ -147,6 +147,13 @@ def test_no_part_of_the_core_reaches_into_the_ui_or_commands():
             }, name
 
 
+def test_the_api_stands_beside_the_ui_not_under_it():
+    graph = import_graph()
+    for name, imported in graph.items():
+        if name == "app.api" or name.startswith("app.api."):
+            assert not {m for m in imported if m == "app.ui" or m.startswith("app.ui.")}, name
+
+
 def test_code_cites_only_documents_in_the_repository():
     for path in APP.rglob("*.py"):
         assert "DESIGN §" not in path.read_text(encoding="utf-8"), path

@@ -6,15 +6,14 @@ Skipped when the model is not set up, except under CI=true, where that is a fail
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from transformers import AutoTokenizer
 
-from app.models.embedded import is_set_up, models_dir
+from app.models.embedded import models_dir
 from app.steering.generation import _Detokenizer
+from tests.conftest import SMALL_MODEL, require_model
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 pytestmark = pytest.mark.slow
 TEXTS = [
     "Plain words, then a café, naïve façades and 😀🎉 emojis; 日本語のテキスト.",
@@ -25,11 +24,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+    require_model(MODEL_ID)
     return AutoTokenizer.from_pretrained(models_dir() / MODEL_ID)
 
 

@@ -20,6 +20,7 @@ from app.experiments.learn import User, e4_summary, held_out, user_feedback, use
 from app.experiments.run import render_figures
 from app.experiments.stats import bootstrap_ci, ks_table, ks_test, mean_ci, read_functional_range, summarize
 from app.experiments.sweep import linearity
+from tests.conftest import SMALL_MODEL, require_model, sandbox_cache
 
 # --- the functional range -------------------------------------------------------------------
 
@@ -275,7 +276,7 @@ def test_tables_round_trip_and_figures_redraw_from_them(tmp_path):
 
 # --- the whole thing on a real model (slow) ------------------------------------------------------
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 COLUMNS = {
     "e1_replies.csv": {"dim", "strength", "query", "seed", "effect", "ppl", "pne", "tokens", "text"},
     "e1_summary.csv": {"dim", "strength", "n", "effect_mean", "effect_lo", "effect_hi", "ppl_median", "ppl_ratio"},
@@ -294,16 +295,9 @@ FINITE = {
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from app.models.embedded import is_set_up, models_dir
-
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+    require_model(MODEL_ID)
     root = tmp_path_factory.mktemp("experiments")
-    (root / "cache").mkdir()
-    (root / "cache" / "models").symlink_to(models_dir().resolve())
+    sandbox_cache(root)
     saved, threads = os.environ.get("STEERING_LAB_CACHE"), torch.get_num_threads()
     os.environ["STEERING_LAB_CACHE"] = str(root / "cache")
     try:

@@ -6,24 +6,18 @@ a missing model is a failed set-up and so a failure.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from app.models.embedded import is_set_up, models_dir
+from tests.conftest import SMALL_MODEL, require_model
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+    require_model(MODEL_ID)
     from app.models.loading import load_model
 
     return load_model(MODEL_ID, device="cpu")

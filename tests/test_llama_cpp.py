@@ -25,6 +25,7 @@ import pytest
 
 from app.models.embedded import is_set_up, kept_gguf
 from app.storage import REPO_ROOT
+from tests.conftest import missing
 
 MODEL_ID = "smollm2-135m-instruct"
 PROMPT = "The meeting went"
@@ -33,17 +34,11 @@ CASES = (("happy", 4.0), ("formal", 4.0), ("angry", 6.0), ("technical", 6.0))  #
 pytestmark = pytest.mark.slow
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {message}")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def llama_completion() -> str:
     binary = os.environ.get("STEERING_LAB_LLAMA_COMPLETION", "")
     if not binary or not os.access(binary, os.X_OK):
-        _missing(
+        missing(
             "STEERING_LAB_LLAMA_COMPLETION does not name a llama-completion binary "
             f"({binary or 'unset'}); build one with build-llama-cpp.sh"
         )
@@ -54,7 +49,7 @@ def llama_completion() -> str:
 def model_gguf() -> Path:
     path = kept_gguf(MODEL_ID)
     if not is_set_up(MODEL_ID) or path is None:
-        _missing(f"{MODEL_ID} or its GGUF file is not set up: run ./setup_local_cache.sh --model {MODEL_ID}")
+        missing(f"{MODEL_ID} or its GGUF file is not set up: run ./setup_local_cache.sh --model {MODEL_ID}")
     assert path is not None
     return path
 

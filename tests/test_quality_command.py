@@ -6,15 +6,14 @@ Skipped when the model is not set up, except under CI=true, where that is a fail
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 
-from app.models.embedded import is_set_up, models_dir
 from app.storage import REPO_ROOT
+from tests.conftest import SMALL_MODEL, require_model, sandbox_cache
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 HELDOUT = REPO_ROOT / "tests" / "heldout"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a library build and generation on a busy CPU
 
@@ -22,13 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a library build an
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """A cache with the real models linked in, and a held-out folder with one concept and two questions."""
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "models").symlink_to(models_dir().resolve())
+    require_model(MODEL_ID)
+    sandbox_cache(tmp_path)
     monkeypatch.setenv("STEERING_LAB_CACHE", str(tmp_path / "cache"))
     heldout = tmp_path / "heldout"
     (heldout / "concepts").mkdir(parents=True)

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from app.models.embedded import is_set_up, models_dir
 from app.storage import REPO_ROOT
+from tests.conftest import SMALL_MODEL, require_model, sandbox_cache
 
-MODEL_ID = "smollm2-135m-instruct"
+MODEL_ID = SMALL_MODEL
 
 
 def python_example() -> str:
@@ -33,13 +33,8 @@ def test_the_example_imports_only_the_public_api():
 
 @pytest.mark.slow
 def test_the_example_runs_as_written(tmp_path):
-    if not is_set_up(MODEL_ID):
-        message = f"{MODEL_ID} is not set up in {models_dir()}: run ./setup_local_cache.sh --model {MODEL_ID}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "models").symlink_to(models_dir().resolve())
+    require_model(MODEL_ID)
+    sandbox_cache(tmp_path)
     (tmp_path / "concepts").mkdir()
     for name in ("happy", "sad"):
         shutil.copy(REPO_ROOT / "concepts" / f"{name}.json", tmp_path / "concepts")

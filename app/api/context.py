@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from app.api.uploads import UploadedVectors
 from app.api.work import Admission
 from app.lab import Lab
-from app.ui.state import LabHolder
+from app.serving import LabHolder
 
 
 @dataclass

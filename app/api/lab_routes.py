@@ -31,6 +31,7 @@ from app.api.schemas import (
 )
 from app.api.uploads import FORMATS, read_vector
 from app.lab import Lab
+from app.serving import health_info
 from app.steering import concepts as concept_store
 from app.steering import control_vectors
 from app.steering.concepts import Concept
@@ -38,7 +39,6 @@ from app.steering.generation import GenerationRequest
 from app.steering.layers import parse_layer_list
 from app.steering.library import Settings
 from app.steering.vectors import SteeringVector
-from app.ui.health import health_info
 
 
 def concept_info(lab: Lab, concept: Concept) -> ConceptInfo:

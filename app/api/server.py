@@ -24,7 +24,7 @@ from app.api.context import ApiContext
 from app.api.errors import EXCEPTION_HANDLERS, ApiRoute, BodyLimit
 from app.api.lab_routes import build_lab_router
 from app.api.openai_routes import build_openai_router
-from app.ui.state import LabHolder
+from app.serving import LabHolder
 
 TITLE = "Steering Lab API"
 DESCRIPTION = """Steered generation for programs, beside the app's UI on the same port.

@@ -31,14 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.lab import Lab
-from app.models.embedded import DEFAULT_MODELS
+from app.models.embedded import DEFAULT_MODEL
 from app.steering.engine import NO_STEERING, Steer, Steering
 from app.steering.generation import GenerationRequest, generate
 from app.steering.vectors import SteeringVector
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = DEFAULT_MODELS[0]  # the default model of a fresh ./run.sh
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 USER_PROMPTS = (
     "Describe your ideal weekend.",

@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 from app.commands.common import print_json
-from app.models.embedded import DEFAULT_MODELS
-
-DEFAULT_MODEL = DEFAULT_MODELS[0]  # the default model of a fresh ./run.sh
+from app.models.embedded import DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

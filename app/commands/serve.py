@@ -114,8 +114,8 @@ def main(args: argparse.Namespace) -> int:
     from app.lab import Lab
     from app.models.loading import load_model
     from app.models.registry import availabilities
+    from app.serving import LabHolder
     from app.ui.app import CSS, build_app, start_library
-    from app.ui.state import LabHolder
 
     def loader(model_id: str | None) -> Lab:
         return Lab(load_model(model_id, device=args.device))

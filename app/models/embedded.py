@@ -104,6 +104,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ]
 }
 DEFAULT_MODELS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+DEFAULT_MODEL = DEFAULT_MODELS[0]  # the default model of a fresh ./run.sh
 # When a chat model cannot be fetched, the next one down this list stands in for it.
 FALLBACK_ORDER = (
     "qwen2.5-coder-1.5b-instruct",

@@ -26,6 +26,7 @@ from app.analysis.sweeps import (
     strength_sweep,
     sweep_layers,
 )
+from app.serving import LabHolder
 from app.steering.generation import GenerationRequest
 from app.ui.analysis_helpers import (
     NONE,
@@ -38,7 +39,7 @@ from app.ui.analysis_helpers import (
     references_for,
     vector_for,
 )
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import gradio as gr
 
 from app.limits import current as current_limits
+from app.serving import LabHolder
 from app.steering.generation import GenerationRequest, GenerationResult
 from app.steering.layers import parse_layer_list
 from app.steering.vectors import SteeringVector
-from app.ui.state import LabHolder
 
 log = logging.getLogger(__name__)
 

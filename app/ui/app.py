@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from app.serving import LabHolder
 from app.ui import advanced, calibrate, creator, explorer, learn, playground, select, visualizer
 from app.ui.health import add_health_endpoint
-from app.ui.state import LabHolder, TabSpec, user_error
+from app.ui.state import TabSpec, user_error
 
 if TYPE_CHECKING:
     from app.lab import Lab

@@ -25,10 +25,11 @@ from app.preferences.chat import (
     unbuilt,
 )
 from app.preferences.figures import calibration_figure
+from app.serving import LabHolder
 from app.steering.generation import GenerationRequest
 from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

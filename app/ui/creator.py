@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.analysis.concept_figures import norms_figure, separability_figure, strength_sweep_figure
+from app.serving import LabHolder
 from app.steering import concepts as concept_store
 from app.steering import control_vectors
 from app.steering.choices import METHODS
@@ -24,7 +25,7 @@ from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
 from app.steering.library import Settings
 from app.steering.vectors import SteeringVector
 from app.ui import playground as playground_tab
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import pandas as pd
 
 from app.analysis.figures import concept_layers_figure, message_figure, residual_norm_figure
 from app.analysis.residuals import LayerView, encode, layer_view
+from app.serving import LabHolder
 from app.storage import REPO_ROOT
 from app.ui.analysis_helpers import NONE, concept_choices, show_token, vector_for
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

@@ -7,31 +7,9 @@ the header, plus the hook count that proves no steering outlived its request.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import gradio as gr
 
-from app import limits
-from app.ui.state import LabHolder
-
-
-def health_info(holder: LabHolder) -> dict:
-    """What the ``health`` endpoint returns (a JSON object)."""
-    lab = holder.lab
-    library = lab.library
-    done, total = library.progress
-    return {
-        "status": "ok",
-        "model": lab.lm.model_id,
-        "fingerprint": lab.lm.fingerprint,
-        "device": str(lab.lm.device),
-        "linear_kernel": lab.lm.linear_kernel,
-        "hooks": lab.engine.hook_count(),
-        "active_steering": lab.engine.active_hooks(),
-        "batches_run": lab.batcher.batches_run,
-        "library": {"status": library.status, "ready": len(library.ready_names()), "building": [done, total]},
-        "limits": asdict(limits.current()),
-    }
+from app.serving import LabHolder, health_info
 
 
 def add_health_endpoint(holder: LabHolder) -> None:

@@ -26,9 +26,10 @@ from app.preferences.chat import (
 from app.preferences.figures import learn_figure
 from app.preferences.learn import LearnState, learn_from_feedback, learn_step
 from app.preferences.profiles import load_profile
+from app.serving import LabHolder
 from app.ui.preference_widgets import BUILDING, generation_settings, profile_box, progress_callback, stream_reply
 from app.ui.select import no_dimensions_note
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 THUMBS_ONLY_HINT = (

@@ -15,11 +15,12 @@ import gradio as gr
 
 from app.analysis.token_figures import message_figure, token_shift_figure
 from app.analysis.token_shift import next_token_shift, token_diff
+from app.serving import LabHolder
 from app.steering.engine import POSITION_MODES, Steer
 from app.steering.generation import GenerationRequest
 from app.steering.layers import parse_layer_list as parse_layers
 from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

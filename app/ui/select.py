@@ -18,6 +18,7 @@ from app.preferences.chat import (
     unbuilt,
 )
 from app.preferences.profiles import load_profile
+from app.serving import LabHolder
 from app.ui.preference_widgets import (
     BUILDING,
     generation_settings,
@@ -26,7 +27,7 @@ from app.ui.preference_widgets import (
     stream_reply,
     with_named_values,
 )
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 EXAMPLES = (
     "Can you suggest a restaurant for my friend's birthday dinner?",

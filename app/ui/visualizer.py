@@ -16,9 +16,10 @@ from app.analysis.figures import concept_map_figure, heatmap_figure, message_fig
 from app.analysis.heatmaps import steering_heatmap
 from app.analysis.maps import MIN_UMAP_POINTS, examples_map, library_map
 from app.analysis.residuals import encode
+from app.serving import LabHolder
 from app.steering.engine import Steering
 from app.ui.analysis_helpers import concept_choices, default_concept, parse_layers, parse_strength, vector_for
-from app.ui.state import MODEL_CONCURRENCY, LabHolder, TabSpec, user_error
+from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from app.storage import REPO_ROOT
+from tests.conftest import missing
 
 MODEL_ID = "smollm2-135m-instruct"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,13 +42,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def _missing(message: str) -> None:
-    """Skip, or fail under CI=true (where a missing piece is a broken set-up)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -109,7 +103,7 @@ def _start_server(*, first_launch: bool = False) -> AppServer:
 
     models = models_dir()
     if not is_set_up(MODEL_ID, models):
-        _missing(f"{MODEL_ID} is not set up in {models}: run ./setup_local_cache.sh --model {MODEL_ID}")
+        missing(f"{MODEL_ID} is not set up in {models}: run ./setup_local_cache.sh --model {MODEL_ID}")
     root = Path(tempfile.mkdtemp(prefix="steering-lab-browser-"))
     cache = root / "cache"
     cache.mkdir()
@@ -173,7 +167,7 @@ def app_url(app_server: AppServer) -> str:
 @pytest.fixture(scope="session")
 def browser():
     if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+        missing(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
