@@ -63,43 +63,14 @@ def _vector(tiny_engine, char_tokenizer) -> SteeringVector:
     return extract(tiny_engine, char_tokenizer, POS, NEG, name="joy", model_id="tiny", model_fingerprint="fp").vector
 
 
-def _stats_vector(accuracy: list[float], separation: list[float], recommended: list[int]) -> SteeringVector:
-    """A vector with every layer of a 24-layer model and the given per-layer statistics."""
-    n = len(accuracy)
-    return SteeringVector(
-        name="joy",
-        model_id="tiny",
-        model_fingerprint="fp",
-        hidden_size=4,
-        layers={i: torch.ones(4) for i in range(n)},
-        metadata={
-            "recommended_layers": recommended,
-            "stats": {"accuracy": accuracy, "separation": separation},
-        },
-    )
-
-
-def test_candidate_layers_come_from_the_early_middle_band():
-    # Qwen2.5 0.5B's pattern: accuracy ties in the middle, separation grows with depth, so the
-    # extraction band (20-65%) picks layer 15; the candidate band (25-45%) is layers 6..10 of 24.
-    accuracy = [1.0] * 5 + [0.7] * 10 + [0.9] * 9
-    separation = [float(i) for i in range(24)]
-    vector = _stats_vector(accuracy, separation, recommended=[15])
-    assert candidate_layers(vector) == [[10]]
-    assert candidate_layers(vector, count=2) == [[10], [9]]
-    accuracy[7] = 0.8  # accuracy first, separation only breaks ties
-    assert candidate_layers(vector, count=2) == [[7], [10]]
-    assert candidate_layers(vector, count=9) == [[7], [10], [9], [8], [6]]  # the band has five layers
-
-
-def test_candidate_layers_keep_a_multi_layer_concept_and_need_statistics(tiny_engine, char_tokenizer):
-    vector = _vector(tiny_engine, char_tokenizer)  # three layers: the band is layers 0..1
-    assert candidate_layers(vector)[0][0] in (0, 1)
+def test_candidate_layers_start_with_the_recommended_one(tiny_engine, char_tokenizer):
+    vector = _vector(tiny_engine, char_tokenizer)
+    sets = candidate_layers(vector)
+    assert sets[0] == vector.recommended_layers and len(sets) == 1
+    assert len(candidate_layers(vector, count=2)) == 2
+    assert all(len(s) == 1 and s[0] in vector.layers for s in sets)
     vector.metadata["recommended_layers"] = [0, 1]  # a multi-layer concept keeps its layers
     assert candidate_layers(vector) == [[0, 1]]
-    vector.metadata["recommended_layers"] = [2]
-    del vector.metadata["stats"]  # no statistics (an imported vector): its recommended layer
-    assert candidate_layers(vector) == [[2]]
 
 
 def test_sweep_is_one_batched_call_scored_per_setting(tiny_engine, char_tokenizer, monkeypatch):

@@ -30,7 +30,7 @@ from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
-EXTRACTION_VERSION = 3  # bump when extraction or recommendation changes what a file holds
+EXTRACTION_VERSION = 2  # bump when extraction or recommendation changes what a file holds
 
 
 @dataclass(frozen=True)

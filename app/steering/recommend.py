@@ -1,12 +1,12 @@
 """A recommended strength (and layer) for a concept on a model, judged on generated replies.
 
-For a few candidate layers (the best by held-out separability in the early-middle of the network)
-and strengths, we generate a short reply to a few neutral tuning prompts, all rows in one batched
-call that differ only in steering. Each reply is scored for the concept (the Effect metric:
-sentence-embedding similarity to the concept's own positive examples minus its negative ones) and
-for fluency (perplexity of the reply under the unsteered model, and repeated 3-grams). The
-recommendation is the strongest setting that stays fluent: the top of the concept's functional
-range. Among candidate layers, the one whose recommended setting shows the concept most wins.
+For a few candidate layers (the best by held-out separability) and strengths, we generate a short
+reply to a few neutral tuning prompts, all rows in one batched call that differ only in
+steering. Each reply is scored for the concept (the Effect metric: sentence-embedding similarity
+to the concept's own positive examples minus its negative ones) and for fluency (perplexity of the
+reply under the unsteered model, and repeated 3-grams). The recommendation is the strongest
+setting that stays fluent: the top of the concept's functional range. Among candidate layers, the
+one whose recommended setting shows the concept most wins.
 
 The tuning prompts are fixed here and are not the held-out questions of ``python -m app quality``.
 """
@@ -36,13 +36,12 @@ CONTINUATION_PROMPTS: tuple[str, ...] = (
     "My favourite place in the city is",
     "Yesterday after work I",
 )
-CANDIDATES: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+CANDIDATES: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 CANDIDATE_LAYERS = 1  # how many of the best layers a one-layer concept tries (each adds a row per strength)
-LAYER_BAND = (0.25, 0.45)  # depth share a one-layer concept's candidate layers come from (docs/quality.md)
 SWEEP_TOKENS = 24
 MAX_PERPLEXITY_RATIO = 6.0  # a fluent setting's median perplexity is at most this times the baseline's ...
 MIN_PERPLEXITY_LIMIT = 12.0  # ... or this, whichever is larger (greedy chat replies score ~1.5)
-MAX_REPEATED_SHARE = 0.15  # a 24-token reply with more repeated 3-grams loops (or will by 48 tokens)
+MAX_REPEATED_SHARE = 0.3  # a reply with more repeated 3-grams than this is a loop
 DEFAULT_STRENGTH = 4.0
 
 EffectFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Any]  # -> one float per text
@@ -76,27 +75,20 @@ def repeated_ngram_share(tokens: Sequence[object], n: int = 3) -> float:
 
 
 def candidate_layers(vector: SteeringVector, count: int = CANDIDATE_LAYERS) -> list[list[int]]:
-    """The layer sets the sweep tries: for a one-layer concept, the ``count`` best single layers by
-    held-out accuracy, ties by separation, at 25-45% of the depth (``LAYER_BAND``); a multi-layer
-    concept (a probe's three layers) keeps its recommended layers.
-
-    Extraction recommends from 20-65% of the depth, where on Qwen2.5 0.5B accuracy ties and
-    separation grows with depth, so its pick is the deepest layer of that band (15 of 24). Steered
-    there, chat replies said the model *was* the concept ("I am a plant-eating creature") or looped;
-    from the shallower band they used the concept's words (tuning set, docs/quality.md).
-    """
+    """The recommended layer set first, then (for a one-layer concept) the next best layers by
+    held-out accuracy, ties by separation, within the same 20-65% depth band as extraction."""
     recommended = vector.recommended_layers
     stats = vector.metadata.get("stats") or {}
     accuracy, separation = stats.get("accuracy"), stats.get("separation")
     if len(recommended) != 1 or not accuracy or not separation:
         return [recommended]
     n = len(accuracy)
-    low, high = LAYER_BAND
-    band = range(int(round(low * (n - 1))), max(int(round(high * (n - 1))), 0) + 1)
+    band = range(int(round(0.2 * (n - 1))), max(int(round(0.65 * (n - 1))), 0) + 1)
     ranked = sorted(
         (i for i in band if i in vector.layers), key=lambda i: (round(accuracy[i], 3), separation[i]), reverse=True
     )
-    return [[layer] for layer in ranked[:count]] or [recommended]
+    others = [[layer] for layer in ranked if layer != recommended[0]]
+    return [recommended, *others[: count - 1]]
 
 
 def choose(
