@@ -133,7 +133,12 @@ class VectorLibrary:
                     build = self._building[key] = _Build()
                     break
             (build.extracted if not recommended else build.done).wait()  # another thread builds it
-        hand_off = not recommended and self._is_saved(concept) and self.background_build_running()
+        hand_off = (  # the background build sweeps saved concepts with their default settings
+            not recommended
+            and settings == default_settings(concept)
+            and self._is_saved(concept)
+            and self.background_build_running()
+        )
         try:
             # A user's build runs now, in the user's call: the background build pauses at its next
             # forward pass until this one is done (a claim of the model lock; none for the build itself).
