@@ -157,16 +157,23 @@ ONE = {1: 1.0, 4: 1.0, 64: 1.0}
 
 
 @pytest.mark.parametrize(
-    ("transposed", "packed", "expected"),
+    ("transposed", "packed", "width", "expected"),
     [
-        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, "packed"),  # both acceptable: the faster one
-        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 1.7, 4: 0.2, 64: 0.5}, "transposed"),  # packed: one row 70% slower
-        ({1: 1.3, 4: 0.5, 64: 1.0}, {1: 1.3, 4: 0.4, 64: 0.6}, "packed"),  # one row 30% slower, 25% less overall
-        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 1.0, 4: 0.95, 64: 1.0}, "torch"),
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 896, "packed"),
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 1.7, 4: 0.2, 64: 0.5}, 896, "transposed"),  # packed: one row 70% slower
+        ({1: 1.3, 4: 0.5, 64: 1.0}, {1: 1.3, 4: 0.4, 64: 0.6}, 896, "packed"),  # one row 30% slower, less overall
+        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 1.1, 4: 1.0, 64: 1.05}, 896, "torch"),  # packed slower overall
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 576, "transposed"),  # too narrow to pack
+        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 576, "torch"),
     ],
 )
-def test_decide_among_three_kernels(transposed, packed, expected):
-    assert kernels.decide(times(transposed, ONE, packed=packed)) == expected
+def test_decide_among_three_kernels(transposed, packed, width, expected):
+    assert kernels.decide(times(transposed, ONE, packed=packed), width) == expected
+
+
+def test_the_model_width_is_its_hidden_size():
+    assert kernels.model_width(make_tiny_model("llama")) == 32
+    assert kernels.model_width(nn.Sequential()) == 0
 
 
 def busy(seconds: dict, bursts: list[tuple[str, int, int, float]]) -> dict:
@@ -201,7 +208,7 @@ def test_a_busy_machine_chooses_what_a_quiet_one_chooses(bursts):
 def test_ratios_are_medians_of_pairs():
     seconds = busy(QUIET, [("transposed", 1, 0, 11.7)])
     assert kernels.ratios(seconds) == pytest.approx({1: 0.5, 4: 0.45, 64: 0.85})
-    assert kernels.overall_ratio(seconds) == pytest.approx((0.5 + 0.45 + 0.85) / 3)
+    assert kernels.overall_ratio(seconds) == pytest.approx((0.5 * 0.45 * 0.85) ** (1 / 3))
 
 
 def test_tune_times_every_kernel_on_cpu_float32(monkeypatch):
