@@ -211,16 +211,21 @@ def test_ratios_are_medians_of_pairs():
     assert kernels.overall_ratio(seconds) == pytest.approx((0.5 * 0.45 * 0.85) ** (1 / 3))
 
 
-def test_tune_times_every_kernel_on_cpu_float32(monkeypatch):
+@pytest.mark.parametrize(
+    ("min_width", "timed"), [(32, {"torch", "transposed", "packed"}), (768, {"torch", "transposed"})]
+)
+def test_tune_times_every_kernel_it_may_choose_on_cpu_float32(monkeypatch, min_width, timed):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_TIMED", {})
+    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", min_width)  # the tiny model is 32 wide
     model = make_tiny_model("llama")
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert kernels.packing_available()  # torch's CPU wheels ship oneDNN
-    assert set(choice.seconds) == {"torch", "transposed", "packed"}
+    assert set(choice.seconds) == timed  # a model too narrow to pack is not timed packed
     for by_rows in choice.seconds.values():
         assert set(by_rows) == set(kernels.TUNE_ROWS)
         assert all(len(ts) == kernels.TUNE_PAIRS and min(ts) > 0 for ts in by_rows.values())
-    assert choice.kernel == kernels.decide(choice.seconds)
+    assert choice.kernel == kernels.decide(choice.seconds, 32)
     in_use = {type(m) for m in model.modules()} & {nn.Linear, TransposedLinear, PackedLinear}
     assert in_use == {KERNEL_CLASSES.get(choice.kernel, nn.Linear)}
 

@@ -237,7 +237,9 @@ def packing_available() -> bool:
 
 
 @torch.inference_mode()
-def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS) -> Samples:
+def time_kernels(
+    model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS, packed: bool = True
+) -> Samples:
     """Seconds of ``repeats`` passes, each running every kernel back to back (the order rotating
     from pass to pass), over a sample of the model's linear layers, after one untimed warm-up pass."""
     sample = _sample_weights(model, TUNE_BYTES)
@@ -245,7 +247,7 @@ def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: i
         "torch": nn.Linear.forward,
         "transposed": TransposedLinear.forward,  # type: ignore[dict-item]  # a Linear subclass's forward
     }
-    if packing_available():
+    if packed and packing_available():
         forwards["packed"] = _packed_forward({id(module): pack(module.weight) for module in sample})
     kernels = list(forwards)
     seconds: Samples = {kernel: {m: [] for m in rows} for kernel in kernels}
@@ -291,7 +293,7 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
         started = time.perf_counter()
         when = "timed earlier in this process"
         if key not in _TIMED:
-            _TIMED[key] = time_kernels(model)
+            _TIMED[key] = time_kernels(model, packed=width >= PACK_MIN_WIDTH)  # narrower: never packed
             when = f"timed in {time.perf_counter() - started:.2f} s"
         seconds = _TIMED[key]
         passes = len(next(iter(seconds["torch"].values())))
