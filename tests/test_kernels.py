@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from app.models import kernels
-from app.models.kernels import PackedLinear, TransposedLinear
+from app.models.kernels import PackedCopyLinear, PackedLinear, TransposedLinear
 from app.models.loading import fingerprint
 from app.steering.engine import Steer, Steering, SteeringEngine
 from app.steering.generation import GenerationRequest, generate
@@ -52,7 +52,7 @@ def test_a_packed_rows_result_does_not_depend_on_the_other_rows():
             assert torch.equal(layer(x[:rows]), full[:rows])
 
 
-def test_packing_keeps_the_values_and_skips_a_tied_output_layer():
+def test_packing_keeps_the_values_and_gives_a_tied_output_layer_a_packed_copy():
     model = make_tiny_model("llama")
     model.lm_head.weight = model.get_input_embeddings().weight  # tie them, as small models do
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -64,9 +64,13 @@ def test_packing_keeps_the_values_and_skips_a_tied_output_layer():
     n_linear = sum(type(m) is nn.Linear for m in model.modules())
     print_before = fingerprint("tiny", model)
 
-    assert kernels.use(model, "packed") == n_linear - 1  # all but the tied output layer
+    assert kernels.use(model, "packed") == n_linear
     assert fingerprint("tiny", model) == print_before  # the vector cache's key reads packed weights too
-    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.get_input_embeddings().weight
+    embedding = model.get_input_embeddings().weight
+    assert type(model.lm_head) is PackedCopyLinear and model.lm_head.weight is embedding  # the tie holds
+    assert model.lm_head.packed_weight.is_mkldnn and not embedding.is_mkldnn  # the embedding reads it dense
+    assert kernels.packed_copy_bytes(model) == embedding.numel() * 4
+    assert set(model.state_dict()) == set(state)  # the copy is no parameter
     down = model.model.layers[0].mlp.down_proj
     assert (
         type(down) is PackedLinear
@@ -77,13 +81,37 @@ def test_packing_keeps_the_values_and_skips_a_tied_output_layer():
         torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
     assert calls == [1]
 
-    assert kernels.restore(model) == n_linear - 1
-    assert not any(type(m) is PackedLinear for m in model.modules())
+    assert kernels.restore(model) == n_linear
+    assert not any(type(m) in (PackedLinear, PackedCopyLinear) for m in model.modules())
+    assert not hasattr(model.lm_head, "packed_weight") and model.lm_head.weight is embedding
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the same values, dense again
     kernels.use(model, "transposed")  # switching kernels unpacks first
-    assert kernels.use(model, "packed") == n_linear - 1 and not any(
-        type(m) is TransposedLinear for m in model.modules()
-    )
+    assert kernels.use(model, "packed") == n_linear and not any(type(m) is TransposedLinear for m in model.modules())
+
+
+@pytest.mark.parametrize(("vocab", "packed"), [(128, False), (256, True)])  # hidden size 32
+def test_a_tall_output_layer_is_packed_whatever_the_other_layers_use(monkeypatch, vocab, packed):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setitem(TINY_CONFIGS, "llama", {**TINY_CONFIGS["llama"], "vocab_size": vocab})
+    model = make_tiny_model("llama")
+    model.lm_head.weight = model.get_input_embeddings().weight
+    ids = torch.tensor([[3, 9, 27, 4]])
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+    monkeypatch.setattr(kernels, "decide", lambda seconds, width=0: "torch")  # the decoder layers keep torch's
+    choice = kernels.tune(model, torch.device("cpu"), torch.float32)
+    assert choice.kernel == "torch" and choice.output_packed is packed
+    assert kernels.packs_output(model) is packed  # the rule: at least 8x taller than wide
+    assert type(model.lm_head) is (PackedCopyLinear if packed else nn.Linear)
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    assert (
+        "output layer (256 x 32) packed by rule, a packed copy of its tied weight: +0 MiB" in choice.reason
+    ) is packed
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")  # a forced kernel is used for every layer
+    assert not kernels.tune(model, torch.device("cpu"), torch.float32).output_packed
+    assert type(model.lm_head) is nn.Linear and not hasattr(model.lm_head, "packed_weight")
 
 
 def test_use_and_restore_change_only_the_kernel():

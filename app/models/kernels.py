@@ -15,11 +15,14 @@ should cost what reading the weights costs whatever the rows. Two other forms do
 the same shapes), in back-to-back passes whose ratios are compared by their median, so a busy
 machine and a quiet one make the same choice, and switches the model's linear layers: to the
 packed form for layers at least ``PACK_MIN_WIDTH`` wide unless it is slower overall, else to the
-transposed form when that is clearly faster (:func:`decide`). The switch
+transposed form when that is clearly faster (:func:`decide`). The output layer, many times taller
+than wide, is packed whatever the others use (:func:`packs_output`). The switch
 changes how the product runs, not what it computes: the same modules and hooks; ``transposed``
 keeps the very parameters, ``packed`` replaces each weight by its packed copy (same values,
-exactly recovered by :func:`restore`; memory unchanged). ``STEERING_LAB_LINEAR=torch|transposed|packed``
-overrides the choice.
+exactly recovered by :func:`restore`; memory unchanged), except a weight another module reads in
+torch's layout (a tied output layer), which keeps its parameter and gets a packed copy beside it
+(memory: the copy's size). ``STEERING_LAB_LINEAR=torch|transposed|packed`` overrides the choice
+(for every layer, the output layer included).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ MIN_GAIN = 0.85  # switch only to a kernel whose overall ratio to torch's time i
 MAX_ROW_RATIO = 1.6  # ... and at most 160% of it at every row count (a guard against a pathological shape)
 PACK_MIN_WIDTH = 768  # packed weights for layers at least this wide (SmolLM2: 576, Qwen 0.5B: 896)
 PACK_ROWS_HINT = 16  # oneDNN lays the packed weight out for about this many rows
+OUTPUT_MIN_ASPECT = 8  # an output layer at least this many times taller than wide is packed by rule
 TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
 
 # Timings already taken in this process, by the sampled weights' shapes and the thread count: a
@@ -84,6 +88,17 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
 
 
+class PackedCopyLinear(nn.Linear):
+    """``nn.Linear`` computed from a packed copy of its weight (:class:`PackedLinear`'s product), for a
+    weight another module reads in torch's layout: a tied output layer, whose weight the input
+    embedding looks rows up in. The parameter stays as it is; the copy costs its size in memory."""
+
+    packed_weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+
+
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` in oneDNN's layout for :class:`PackedLinear` (``to_dense()`` gives it back exactly)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
@@ -102,32 +117,62 @@ def _shared_parameters(model: nn.Module) -> set[int]:
     return shared
 
 
-def use(model: nn.Module, kernel: Kernel) -> int:
+def use(model: nn.Module, kernel: Kernel, pack_output: bool = False) -> int:
     """Make the plain ``nn.Linear`` layers of ``model`` use ``kernel``; returns how many changed.
 
-    ``packed`` leaves a layer whose weight another module shares (a tied output layer, whose weight
-    the input embedding reads) on torch's kernel: the embedding cannot read a packed weight."""
+    ``packed`` gives a layer whose weight another module shares (a tied output layer, whose weight
+    the input embedding reads) a packed copy (:class:`PackedCopyLinear`): the embedding cannot read
+    a packed weight. ``pack_output``: the output layer is packed whatever ``kernel`` the others use
+    (:func:`packs_output`)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     restore(model)
+    output = _output_layer(model) if pack_output else None
+    linears = [m for m in _plain_linears(model) if m is not output]
+    changed = _pack(model, [output]) if output is not None else 0
     if kernel == "torch":
-        return 0
-    linears = _plain_linears(model)
+        return changed
     if kernel == "transposed":
         for module in linears:
             module.__class__ = TransposedLinear  # same object, parameters and hooks: only forward differs
-        return len(linears)
+        return changed + len(linears)
+    return changed + _pack(model, linears)
+
+
+def _pack(model: nn.Module, linears: list[nn.Linear]) -> int:
     shared = _shared_parameters(model)
-    changed = 0
     for module in linears:
         if id(module.weight) in shared:
+            module.__class__ = PackedCopyLinear
+            cast(PackedCopyLinear, module).packed_weight = pack(module.weight)  # not a parameter: no state_dict key
             continue
         trainable = module.weight.requires_grad
         module.weight = nn.Parameter(pack(module.weight), requires_grad=False)  # oneDNN has no backward for it
         module.__class__ = PackedLinear
         cast(PackedLinear, module).dense_requires_grad = trainable
-        changed += 1
-    return changed
+    return len(linears)
+
+
+def _output_layer(model: nn.Module) -> nn.Linear | None:
+    get = getattr(model, "get_output_embeddings", None)
+    output = get() if callable(get) else None
+    ours = (nn.Linear, TransposedLinear, PackedLinear, PackedCopyLinear)
+    return cast(nn.Linear, output) if type(output) in ours else None  # not another library's Linear subclass
+
+
+def packs_output(model: nn.Module) -> bool:
+    """Whether the output layer gets packed weights whatever kernel the other layers use.
+
+    An output layer many times taller than wide (the vocabulary by the hidden size) computes one
+    row in 0.5-0.6x and two rows in about 0.3x torch's time when packed, on models too narrow for
+    packed decoder layers too (SmolLM2: 49152 x 576; docs/performance.md), so no timing is needed."""
+    output = _output_layer(model)
+    return output is not None and output.out_features >= OUTPUT_MIN_ASPECT * output.in_features
+
+
+def packed_copy_bytes(model: nn.Module) -> int:
+    """Memory the packed copies of shared weights take (:class:`PackedCopyLinear`)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if type(m) is PackedCopyLinear)
 
 
 def restore(model: nn.Module) -> int:
@@ -137,6 +182,8 @@ def restore(model: nn.Module) -> int:
         if type(module) is PackedLinear:
             trainable = getattr(module, "dense_requires_grad", True)
             module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=trainable)
+        elif type(module) is PackedCopyLinear:
+            del module.packed_weight
         elif type(module) is not TransposedLinear:
             continue
         module.__class__ = nn.Linear  # type: ignore[assignment]
@@ -155,6 +202,7 @@ class KernelChoice:
     kernel: Kernel
     reason: str
     seconds: Samples = field(default_factory=dict)
+    output_packed: bool = False  # the output layer packed whatever ``kernel`` is (:func:`packs_output`)
 
 
 def ratios(seconds: Samples, kernel: Kernel = "transposed") -> dict[int, float]:
@@ -311,7 +359,14 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
             f"overall; none over {MAX_ROW_RATIO}x at a row count; {when}"
             f"{_spin_warning()}",
             seconds,
+            output_packed=packing_available() and packs_output(model),
         )
-    use(model, choice.kernel)
+    output = _output_layer(model) if choice.output_packed else None
+    use(model, choice.kernel, pack_output=choice.output_packed)
+    if output is not None:
+        copy = packed_copy_bytes(model)
+        choice.reason += f"; the output layer ({output.out_features} x {output.in_features}) packed by rule" + (
+            f", a packed copy of its tied weight: +{copy / 2**20:.0f} MiB" if copy else ""
+        )
     log.info("linear kernel: %s (%s)", choice.kernel, choice.reason)
     return choice
