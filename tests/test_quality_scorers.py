@@ -92,7 +92,8 @@ def test_the_tuning_set_is_complete_and_apart_from_the_heldout_set():
     scorers = load_scorers(tuning / "scorers.json")
     questions = json.loads((tuning / "questions.json").read_text(encoding="utf-8"))
     heldout_questions = json.loads((HELDOUT / "questions.json").read_text(encoding="utf-8"))
-    assert len(concepts) >= 6 and set(concepts) == set(scorers)
+    assert len(concepts) >= 16 and set(concepts) == set(scorers)
     assert all(len(c.positive) >= 12 and len(c.negative) >= 12 for c in concepts.values())
     assert not set(concepts) & (set(load_all()) | set(load_all(HELDOUT / "concepts")))
     assert len(questions) == 8 == len(set(questions)) and not set(questions) & set(heldout_questions)
+    assert {"emotion", "topic", "style", "persona"} <= {c.category for c in concepts.values()}
