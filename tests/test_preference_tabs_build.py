@@ -57,3 +57,24 @@ def test_without_preference_concepts_the_tabs_say_so():
         assert build_learn_tab(holder) is None
     notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
     assert any("No preference dimensions" in (n or "") for n in notes)
+
+
+def test_the_playgrounds_first_strength_is_read_again_on_each_page_load():
+    # A page built before the library swept the opening concept shows the fallback; a page opened
+    # after that shows the recommendation (gradio calls a callable value on every load).
+    from app.steering.recommend import DEFAULT_STRENGTH
+    from app.ui.playground import DEFAULT_CONCEPT, build_playground_tab
+
+    built: dict[str, SimpleNamespace] = {}
+    holder = fake_holder(
+        {DEFAULT_CONCEPT: Concept(name=DEFAULT_CONCEPT, description="", positive=("a",), negative=("b",))}
+    )
+    holder.lab.library.cached = built.get
+    holder.lab.lm.n_layers = 4
+    with gr.Blocks() as demo:
+        build_playground_tab(holder)
+    (slider,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-strength-1"]
+    assert slider.value == DEFAULT_STRENGTH
+    load = slider.load_event_to_attach[0]
+    built[DEFAULT_CONCEPT] = SimpleNamespace(recommended_strength=7.5)
+    assert load() == 7.5

@@ -19,6 +19,7 @@ from app.serving import LabHolder
 from app.steering.engine import POSITION_MODES, Steer
 from app.steering.generation import GenerationRequest
 from app.steering.layers import parse_layer_list as parse_layers
+from app.steering.recommend import DEFAULT_STRENGTH
 from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
 from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
@@ -113,8 +114,9 @@ def _shift_figure(holder: LabHolder, request: GenerationRequest, steered_ids: li
 
 
 def _initial_strength(holder: LabHolder, name: str) -> float:
+    """The concept's recommended strength once its vector is built, else the sweep's fallback."""
     vector = holder.lab.library.cached(name)
-    return vector.recommended_strength if vector is not None else 4.0
+    return vector.recommended_strength if vector is not None else DEFAULT_STRENGTH
 
 
 def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
@@ -160,7 +162,9 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
                     gr.Slider(
                         -10,
                         10,
-                        value=_initial_strength(holder, DEFAULT_CONCEPT) if row == 0 else 0.0,
+                        # Called on every page load: a page opened after the library built the
+                        # opening concept starts at its recommendation, not at the fallback.
+                        value=(lambda: _initial_strength(holder, DEFAULT_CONCEPT)) if row == 0 else 0.0,
                         step=0.5,
                         label="Strength",
                         scale=3,
