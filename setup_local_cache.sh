@@ -6,7 +6,8 @@
 #   ./setup_local_cache.sh --model ID [...]     pick (repeatable); --list shows them all
 #   ./setup_local_cache.sh --help
 #
-# The logic is in app/embedded.py; this wrapper only finds the right Python.
+# The logic is in app/models/embedded.py (run by app/commands/setup_models.py); this wrapper only
+# finds the right Python.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="$ROOT/.venv/bin/python"
