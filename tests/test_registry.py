@@ -149,9 +149,17 @@ def test_embedded_when_hub_models_are_unavailable_says_why():
     assert "\n" not in reason
 
 
-def test_largest_embedded_set_up_wins():
+def test_the_default_embedded_model_wins_over_a_larger_one_that_steers_no_better():
     a = avail(qwen25_coder_15b_instruct="embedded-set-up", qwen25_coder_05b_instruct="embedded-set-up")
-    assert registry.auto_select(CPU_22, a)[0] == "qwen2.5-coder-1.5b-instruct"
+    model_id, reason = registry.auto_select(CPU_22, a)
+    assert model_id == "qwen2.5-coder-0.5b-instruct"
+    assert "qwen2.5-coder-1.5b-instruct set up but not preferred" in reason
+
+
+def test_the_largest_other_embedded_model_when_the_default_is_not_set_up():
+    a = avail(qwen25_coder_15b_instruct="embedded-set-up", smollm2_135m_instruct="embedded-set-up")
+    model_id, reason = registry.auto_select(CPU_22, a)
+    assert model_id == "qwen2.5-coder-1.5b-instruct" and "not preferred" not in reason
 
 
 def test_chat_model_preferred_over_a_bigger_base_model():
