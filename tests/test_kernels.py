@@ -101,6 +101,7 @@ def test_a_tall_output_layer_is_packed_whatever_the_other_layers_use(monkeypatch
     monkeypatch.setattr(kernels, "decide", lambda seconds, width=0: "torch")  # the decoder layers keep torch's
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert choice.kernel == "torch" and choice.output_packed is packed
+    assert choice.summary == ("torch, output layer packed" if packed else "torch")  # the load log and /v1/health
     assert kernels.packs_output(model) is packed  # the rule: at least 8x taller than wide
     assert type(model.lm_head) is (PackedCopyLinear if packed else nn.Linear)
     assert type(model.model.layers[0].mlp.down_proj) is nn.Linear

@@ -122,7 +122,7 @@ def format_table(report: BenchReport) -> str:
         "",
         f"model {report.model}; {machine['cpu_count']} cores, torch threads {machine['torch_threads']}, "
         f"torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"{machine.get('linear_kernel', 'torch')} linear kernel; load average "
+        f"linear kernel: {machine.get('linear_kernel', 'torch')}; load average "
         f"{machine['load_average_start']} -> {machine.get('load_average_end')}",
     ]
     lines += [f"- {m.name}: {m.note}" for m in report.metrics if m.note]

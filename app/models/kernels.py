@@ -204,6 +204,11 @@ class KernelChoice:
     seconds: Samples = field(default_factory=dict)
     output_packed: bool = False  # the output layer packed whatever ``kernel`` is (:func:`packs_output`)
 
+    @property
+    def summary(self) -> str:
+        """``kernel``, and the output layer's when it differs: "torch, output layer packed"."""
+        return f"{self.kernel}, output layer packed" if self.output_packed and self.kernel != "packed" else self.kernel
+
 
 def ratios(seconds: Samples, kernel: Kernel = "transposed") -> dict[int, float]:
     """Per row count, the median over passes of ``kernel``'s time / torch's.

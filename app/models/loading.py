@@ -45,7 +45,7 @@ class LoadedModel:
     is_chat: bool  # the tokenizer has a chat template
     fingerprint: str  # stable short hex id: model id + config + hash of a few weight tensors
     reason: str  # the one log line of why this model was picked
-    linear_kernel: str = "torch"  # matrix product behind nn.Linear (app.models.kernels): torch, transposed or packed
+    linear_kernel: str = "torch"  # matrix product behind nn.Linear (app.models.kernels.KernelChoice.summary)
 
     @property
     def config(self) -> Any:
@@ -141,15 +141,15 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         is_chat=bool(getattr(tokenizer, "chat_template", None)),
         fingerprint=fingerprint(resolved.model_id, model),
         reason=resolved.reason,
-        linear_kernel=kernel.kernel,
+        linear_kernel=kernel.summary,
     )
     log.info(
-        "loaded %s from %s on %s (%s, %s linear kernel) in %.1f s",
+        "loaded %s from %s on %s (%s, linear kernel: %s) in %.1f s",
         loaded.model_id,
         resolved.source,
         first,
         str(dtype).removeprefix("torch."),
-        kernel.kernel,
+        kernel.summary,
         time.monotonic() - started,
     )
     return loaded
