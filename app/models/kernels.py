@@ -91,7 +91,8 @@ class PackedLinear(nn.Linear):
 class PackedCopyLinear(nn.Linear):
     """``nn.Linear`` computed from a packed copy of its weight (:class:`PackedLinear`'s product), for a
     weight another module reads in torch's layout: a tied output layer, whose weight the input
-    embedding looks rows up in. The parameter stays as it is; the copy costs its size in memory."""
+    embedding looks rows up in. The parameter stays as it is; the copy costs its size in memory and
+    is made once (inference only: call :func:`use` again after changing the weight)."""
 
     packed_weight: torch.Tensor
 

@@ -295,7 +295,7 @@ def auto_select(device: DeviceInfo | None = None, avail: dict[str, Availability]
         else:
             return model_id, f"picked {model_id} ({state.status}) on {where}"
     # The default embedded model first: the larger Qwen 1.5B steers no better on the held-out check
-    # (docs/quality.md) and decodes about 3x slower, so it runs when asked for (--model).
+    # (docs/quality.md) and takes 2.6x the time per reply, so it runs when asked for (--model).
     embedded = sorted(
         (MODELS[i] for i in EMBEDDED if avail[i].status == "embedded-set-up"),
         key=lambda r: (r.chat, r.id == DEFAULT_MODEL, r.params_b),
