@@ -79,3 +79,24 @@ def test_sweep_wording_and_table_widths():
     for n_scores in (1, 2, 3):
         widths = _widths(n_scores)
         assert sum(int(w.rstrip("%")) for w in widths) == 100 and len(widths) == n_scores + 2
+
+
+def test_stop_reaches_a_sessions_queued_and_running_generations_only():
+    import threading
+
+    from app.ui.playground import StopSignals
+
+    stops = StopSignals()
+    assert not stops.stop("a")  # nothing to stop
+    stops.arm("a")  # Generate pressed: armed before its run is queued
+    stops.arm("a")  # pressed again while the first still runs
+    first, second = stops.claim("a"), stops.claim("a")
+    api = stops.claim("b")  # a call that was never armed gets a signal of its own
+    assert isinstance(first, threading.Event) and first is not second
+    assert stops.stop("a") and first.is_set() and second.is_set()
+    assert not api.is_set()  # another session's run goes on
+    stops.release("a", first)
+    stops.release("a", second)
+    assert not stops.stop("a")  # released: nothing left to stop
+    stops.arm("a")
+    assert not stops.claim("a").is_set()  # a new Generate starts with a fresh signal

@@ -8,6 +8,7 @@ how steering moved the next-token probabilities on the steered text's own prefix
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -111,6 +112,53 @@ def _shift_figure(holder: LabHolder, request: GenerationRequest, steered_ids: li
         baseline=[s.baseline for s in shifts],
         steered=[s.steered for s in shifts],
     )
+
+
+class StopSignals:
+    """Per browser session, the stop signals of its queued and running generations.
+
+    Generate arms a signal before its run is queued, so a Stop pressed while the run still waits
+    for the model stops it too; the run claims the oldest armed signal (a call without Generate's
+    arming, e.g. over the API, gets a fresh one) and releases it when it ends. Stop sets them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, list[threading.Event]] = {}  # armed or running
+        self._armed: dict[str, list[threading.Event]] = {}  # armed, not yet running
+
+    def arm(self, session: str) -> None:
+        signal = threading.Event()
+        with self._lock:
+            self._live.setdefault(session, []).append(signal)
+            self._armed.setdefault(session, []).append(signal)
+
+    def claim(self, session: str) -> threading.Event:
+        with self._lock:
+            armed = self._armed.get(session)
+            if armed:
+                signal = armed.pop(0)
+                if not armed:
+                    del self._armed[session]
+                return signal
+            signal = threading.Event()
+            self._live.setdefault(session, []).append(signal)
+            return signal
+
+    def release(self, session: str, signal: threading.Event) -> None:
+        with self._lock:
+            live = self._live.get(session, [])
+            if signal in live:
+                live.remove(signal)
+            if not live:
+                self._live.pop(session, None)
+
+    def stop(self, session: str) -> bool:
+        """Set every signal of ``session``; False when it has nothing queued or running."""
+        with self._lock:
+            live = list(self._live.get(session, []))
+        for signal in live:
+            signal.set()
+        return bool(live)
 
 
 def _initial_strength(holder: LabHolder, name: str) -> float:
@@ -268,6 +316,16 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
     preset.input(apply_preset, preset, [*preset_outputs, recommended], api_name=False, concurrency_id=MODEL_CONCURRENCY)
     refresh.click(lambda: parts.choice_updates(), None, concepts, api_name="refresh_concepts", queue=False)
 
+    # Stop is a signal the generation reads between two decoding steps, not a cancelled event: the
+    # generation itself then says "Stopped." last, so no step still in flight can overwrite it.
+    stops = StopSignals()
+
+    def arm(request: gr.Request) -> None:
+        stops.arm(request.session_hash or "")
+
+    def press_stop(request: gr.Request):
+        return "Stopping…" if stops.stop(request.session_hash or "") else gr.skip()
+
     def run(
         text,
         use_chat,
@@ -282,7 +340,48 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
         max_tokens,
         temp,
         seed_value,
+        request: gr.Request,
         progress=gr.Progress(),
+    ):
+        session = request.session_hash or ""
+        stop_signal = stops.claim(session)
+        try:
+            yield from _run(
+                text,
+                use_chat,
+                c1,
+                s1,
+                c2,
+                s2,
+                c3,
+                s3,
+                layer_text,
+                position,
+                max_tokens,
+                temp,
+                seed_value,
+                stop_signal,
+                progress,
+            )
+        finally:
+            stops.release(session, stop_signal)
+
+    def _run(
+        text,
+        use_chat,
+        c1,
+        s1,
+        c2,
+        s2,
+        c3,
+        s3,
+        layer_text,
+        position,
+        max_tokens,
+        temp,
+        seed_value,
+        stop_signal,
+        progress,
     ):
         started = time.perf_counter()
         try:
@@ -303,7 +402,7 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
         waiting = message_figure("Generating…")
         yield "", "", f"Generating… steered with {what}", "Generating…", [], waiting
         results = None
-        stream = holder.lab.stream(rows)
+        stream = holder.lab.stream(rows, stop_signal)
         try:
             for results in stream:
                 step = max(len(r.token_ids) for r in results)
@@ -322,8 +421,15 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
             stream.close()  # a Stop closes this generator; closing the stream leaves the engine's `with` block
             if results is not None and not all(r.finish_reason for r in results):
                 log.info("playground: generation stopped after %d tokens", max(len(r.token_ids) for r in results))
+        stopped = stop_signal.is_set() and (not results or any(r.finish_reason == "stopped" for r in results))
+        stopped_note = ""
         if not results:
+            if stopped:
+                yield "", "", "Stopped. Nothing was generated.", gr.skip(), gr.skip(), gr.skip()
             return
+        if stopped:
+            stopped_note = f"Stopped. {len(results[1].token_ids)} steered tokens · {what}"
+            yield results[0].text, results[1].text, stopped_note, gr.skip(), gr.skip(), gr.skip()
         try:
             head, segments = _diff_outputs(holder, results[0].token_ids, results[1].token_ids)
             figure = _shift_figure(holder, rows[1], results[1].token_ids)
@@ -332,9 +438,9 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
             head, segments, figure = f"Could not compare the texts: {user_error(error)}", [], message_figure("No data.")
         seconds = time.perf_counter() - started
         done = f"Done in {seconds:.1f} s · {len(results[1].token_ids)} steered tokens ({results[1].finish_reason}) · {what}"
-        yield results[0].text, results[1].text, done, head, segments, figure
+        yield results[0].text, results[1].text, stopped_note if stopped else done, head, segments, figure
 
-    event = generate.click(
+    generate.click(arm, None, None, api_name=False, queue=False).then(
         run,
         [
             prompt,
@@ -351,7 +457,7 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
         concurrency_id=MODEL_CONCURRENCY,
         show_progress="minimal",
     )
-    stop.click(lambda: "Stopped.", None, status, cancels=[event], api_name=False, queue=False)
+    stop.click(press_stop, None, status, api_name=False, queue=False)
     return parts
 
 

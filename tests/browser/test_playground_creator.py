@@ -70,6 +70,7 @@ def test_stop_ends_a_long_generation(page):
     stopped_at = text_value(page, "pg-steered")
     page.wait_for_timeout(2_000)
     assert text_value(page, "pg-steered") == stopped_at  # nothing streams in after Stop
+    assert "Stopped." in page.locator("#pg-status").inner_text()  # and no late step overwrote the status
     # The model is free again: a short generation completes.
     set_number(page, "pg-max-tokens", 3)
     page.locator("#pg-generate").click()
