@@ -131,6 +131,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     first: torch.device = model.get_input_embeddings().weight.device  # type: ignore[assignment]
+    model_print = fingerprint(resolved.model_id, model)  # before packing: no packed weight to unpack for it
     kernel = kernels.tune(model, first, dtype)
     loaded = LoadedModel(
         model_id=resolved.model_id,
@@ -139,7 +140,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         device=first,
         dtype=dtype,
         is_chat=bool(getattr(tokenizer, "chat_template", None)),
-        fingerprint=fingerprint(resolved.model_id, model),
+        fingerprint=model_print,
         reason=resolved.reason,
         linear_kernel=kernel.summary,
     )
