@@ -85,7 +85,7 @@ class PackedLinear(nn.Linear):
     dense_requires_grad: bool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+        return packed_product(x, self.weight, self.bias)
 
 
 class PackedCopyLinear(nn.Linear):
@@ -97,7 +97,12 @@ class PackedCopyLinear(nn.Linear):
     packed_weight: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+        return packed_product(x, self.packed_weight, self.bias)
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` packed by :func:`pack`: oneDNN's inner product."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -247,12 +252,7 @@ def decide(seconds: Samples, width: int = 0, min_gain: float = MIN_GAIN) -> Kern
     width oneDNN's single row costs 1.4-1.7x MKL's, above it 0.9-1.15x, and near the line a timed
     rule flipped from one start to the next. Otherwise ``transposed`` if :func:`acceptable`, else
     ``torch``."""
-    if (
-        "packed" in seconds
-        and width >= PACK_MIN_WIDTH
-        and overall_ratio(seconds, "packed") <= 1.0
-        and all(ratio <= MAX_ROW_RATIO for ratio in ratios(seconds, "packed").values())
-    ):
+    if "packed" in seconds and width >= PACK_MIN_WIDTH and acceptable(seconds, "packed", min_gain=1.0):
         return "packed"
     return "transposed" if "transposed" in seconds and acceptable(seconds, "transposed", min_gain) else "torch"
 
@@ -280,7 +280,7 @@ def _sample_weights(model: nn.Module, budget: int) -> list[nn.Linear]:
 
 def _packed_forward(packed: dict[int, torch.Tensor]) -> Callable[[nn.Linear, torch.Tensor], torch.Tensor]:
     def forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed[id(module)], module.bias, "none", [], "")
+        return packed_product(x, packed[id(module)], module.bias)
 
     return forward
 
