@@ -90,13 +90,12 @@ def test_stop_reaches_a_sessions_queued_and_running_generations_only():
     assert not stops.stop("a")  # nothing to stop
     stops.arm("a")  # Generate pressed: armed before its run is queued
     stops.arm("a")  # pressed again while the first still runs
-    first, second = stops.claim("a"), stops.claim("a")
-    api = stops.claim("b")  # a call that was never armed gets a signal of its own
-    assert isinstance(first, threading.Event) and first is not second
-    assert stops.stop("a") and first.is_set() and second.is_set()
-    assert not api.is_set()  # another session's run goes on
-    stops.release("a", first)
-    stops.release("a", second)
+    with stops.claimed("a") as first, stops.claimed("a") as second, stops.claimed("b") as api:
+        # a call that was never armed ("b") gets a signal of its own
+        assert isinstance(first, threading.Event) and first is not second
+        assert stops.stop("a") and first.is_set() and second.is_set()
+        assert not api.is_set()  # another session's run goes on
     assert not stops.stop("a")  # released: nothing left to stop
     stops.arm("a")
-    assert not stops.claim("a").is_set()  # a new Generate starts with a fresh signal
+    with stops.claimed("a") as fresh:
+        assert not fresh.is_set()  # a new Generate starts with a fresh signal

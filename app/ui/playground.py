@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -20,7 +22,7 @@ from app.serving import LabHolder
 from app.steering.engine import POSITION_MODES, Steer
 from app.steering.generation import GenerationRequest
 from app.steering.layers import parse_layer_list as parse_layers
-from app.steering.recommend import DEFAULT_STRENGTH
+from app.steering.vectors import DEFAULT_STRENGTH
 from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
 from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
@@ -118,8 +120,8 @@ class StopSignals:
     """Per browser session, the stop signals of its queued and running generations.
 
     Generate arms a signal before its run is queued, so a Stop pressed while the run still waits
-    for the model stops it too; the run claims the oldest armed signal (a call without Generate's
-    arming, e.g. over the API, gets a fresh one) and releases it when it ends. Stop sets them all."""
+    for the model stops it too; the run holds the oldest armed signal while it runs (a call without
+    Generate's arming, e.g. over the API, gets a fresh one). Stop sets them all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -132,25 +134,27 @@ class StopSignals:
             self._live.setdefault(session, []).append(signal)
             self._armed.setdefault(session, []).append(signal)
 
-    def claim(self, session: str) -> threading.Event:
+    @contextmanager
+    def claimed(self, session: str) -> Iterator[threading.Event]:
+        """The signal of the run that enters: the oldest armed one, else a fresh one; released on exit."""
         with self._lock:
             armed = self._armed.get(session)
             if armed:
                 signal = armed.pop(0)
                 if not armed:
                     del self._armed[session]
-                return signal
-            signal = threading.Event()
-            self._live.setdefault(session, []).append(signal)
-            return signal
-
-    def release(self, session: str, signal: threading.Event) -> None:
-        with self._lock:
-            live = self._live.get(session, [])
-            if signal in live:
-                live.remove(signal)
-            if not live:
-                self._live.pop(session, None)
+            else:
+                signal = threading.Event()
+                self._live.setdefault(session, []).append(signal)
+        try:
+            yield signal
+        finally:
+            with self._lock:
+                live = self._live.get(session, [])
+                if signal in live:
+                    live.remove(signal)
+                if not live:
+                    self._live.pop(session, None)
 
     def stop(self, session: str) -> bool:
         """Set every signal of ``session``; False when it has nothing queued or running."""
@@ -343,18 +347,11 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        session = request.session_hash or ""
-        stop_signal = stops.claim(session)
-        try:
+        with stops.claimed(request.session_hash or "") as stop_signal:
             yield from _run(
                 text,
                 use_chat,
-                c1,
-                s1,
-                c2,
-                s2,
-                c3,
-                s3,
+                [(c1, s1), (c2, s2), (c3, s3)],
                 layer_text,
                 position,
                 max_tokens,
@@ -363,31 +360,13 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
                 stop_signal,
                 progress,
             )
-        finally:
-            stops.release(session, stop_signal)
 
-    def _run(
-        text,
-        use_chat,
-        c1,
-        s1,
-        c2,
-        s2,
-        c3,
-        s3,
-        layer_text,
-        position,
-        max_tokens,
-        temp,
-        seed_value,
-        stop_signal,
-        progress,
-    ):
+    def _run(text, use_chat, concept_rows, layer_text, position, max_tokens, temp, seed_value, stop_signal, progress):
         started = time.perf_counter()
         try:
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
-            steers = _steers(holder, [(c1, s1), (c2, s2), (c3, s3)], layer_text, progress)
+            steers = _steers(holder, concept_rows, layer_text, progress)
             request = GenerationRequest(
                 prompt=text,
                 max_new_tokens=int(max_tokens),
@@ -418,7 +397,7 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
             log.exception("playground generation failed")
             raise gr.Error(user_error(error)) from None
         finally:
-            stream.close()  # a Stop closes this generator; closing the stream leaves the engine's `with` block
+            stream.close()  # a client that went away closes this generator; that leaves the engine's `with` block
             if results is not None and not all(r.finish_reason for r in results):
                 log.info("playground: generation stopped after %d tokens", max(len(r.token_ids) for r in results))
         stopped = stop_signal.is_set() and (not results or any(r.finish_reason == "stopped" for r in results))
