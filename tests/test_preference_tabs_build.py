@@ -62,7 +62,7 @@ def test_without_preference_concepts_the_tabs_say_so():
 def test_the_playgrounds_first_strength_is_read_again_on_each_page_load():
     # A page built before the library swept the opening concept shows the fallback; a page opened
     # after that shows the recommendation (gradio calls a callable value on every load).
-    from app.steering.recommend import DEFAULT_STRENGTH
+    from app.steering.vectors import DEFAULT_STRENGTH
     from app.ui.playground import DEFAULT_CONCEPT, build_playground_tab
 
     built: dict[str, SimpleNamespace] = {}

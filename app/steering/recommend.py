@@ -46,7 +46,6 @@ SWEEP_TOKENS = 24
 MAX_PERPLEXITY_RATIO = 6.0  # a fluent setting's median perplexity is at most this times the baseline's ...
 MIN_PERPLEXITY_LIMIT = 12.0  # ... or this, whichever is larger (greedy chat replies score ~1.5)
 MAX_REPEATED_SHARE = 0.3  # a reply with more repeated 3-grams than this is a loop
-DEFAULT_STRENGTH = 4.0
 PERPLEXITY_ROWS = 8  # replies scored per forward pass (a waiting user gets in between passes)
 
 EffectFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Any]  # -> one float per text

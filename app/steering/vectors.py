@@ -26,6 +26,7 @@ from app.storage import atomic_write
 
 FORMAT = "steering-lab-vector/1"
 NORMALIZED_UNIT = 0.1  # strength 1 adds 10% of the layer's typical residual norm
+DEFAULT_STRENGTH = 4.0  # the strength of a vector that has no recommendation (yet)
 MAX_FILE_BYTES = 256 * 1024 * 1024  # every layer of a 70B model's vector is ~1 MB; more is not a vector
 
 
@@ -76,7 +77,7 @@ class SteeringVector:
 
     @property
     def recommended_strength(self) -> float:
-        return float(self.metadata.get("recommended_strength", 4.0))
+        return float(self.metadata.get("recommended_strength", DEFAULT_STRENGTH))
 
     # --- what the engine adds -------------------------------------------------------------
     def delta(self, layer: int, strength: float, unit: str = "normalized") -> torch.Tensor:
@@ -244,7 +245,7 @@ class SteeringVector:
             isinstance(recommended, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in recommended)
         ):
             raise ValueError(f"recommended_layers must be a list of layer numbers, got {recommended!r:.80}")
-        strength = self.metadata.get("recommended_strength", 4.0)
+        strength = self.metadata.get("recommended_strength", DEFAULT_STRENGTH)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
             raise ValueError(f"recommended_strength must be a finite number, got {strength!r:.80}")
 
