@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -40,16 +42,70 @@ def test_one_row_equals_that_row_in_a_batch_of_two():
     assert torch.equal(layer(x[:1]), layer(torch.cat([x[:1], x[:1]]))[:1])
 
 
-def test_a_packed_rows_result_does_not_depend_on_the_other_rows():
-    # What makes batched generation equal one-at-a-time: row i's product is the same bits in any batch.
+@pytest.fixture
+def two_threads():
+    """torch on two threads, as on the 2-core machines the lab is measured on, whatever this one has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("width", [896, 576])  # 576: narrower than PACK_MIN_WIDTH, up to 32 rows on one thread
+def test_a_packed_rows_result_does_not_depend_on_the_other_rows(width, two_threads):
+    # What makes batched generation equal one-at-a-time: row i's product is the same bits in any batch,
+    # on one thread or two.
     torch.manual_seed(0)
-    layer = nn.Linear(896, 1024)
+    layer = nn.Linear(width, 1024)
     kernels.use(layer, "packed")
-    x = torch.randn(40, 896)
+    assert layer.one_thread_rows == (kernels.ONE_THREAD_ROWS if width < kernels.PACK_MIN_WIDTH else 0)
+    x = torch.randn(40, width)
     with torch.inference_mode():
         full = layer(x)
-        for rows in (1, 2, 3, 8, 24):
+        for rows in (1, 2, 3, 8, 24, 32, 33):
             assert torch.equal(layer(x[:rows]), full[:rows])
+
+
+def test_one_thread_sets_the_calling_thread_only(two_threads):
+    seen = {}
+    with kernels.one_thread():
+        seen["inside"] = torch.get_num_threads()
+        started = threading.Thread(target=lambda: seen.update(started=torch.get_num_threads()))
+        started.start()
+        started.join(timeout=60)
+    assert seen == {"inside": 1, "started": 2}  # a thread started meanwhile keeps the process's count
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), kernels.one_thread():
+        raise RuntimeError("the count comes back whatever happens in the block")
+    assert torch.get_num_threads() == 2
+
+
+def test_a_narrow_model_is_packed_by_rule_with_small_products_on_one_thread(monkeypatch, two_threads):
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    model = make_tiny_model("llama")  # 32 wide
+    threads_seen: list[tuple[int, int]] = []
+    product = kernels.packed_product
+
+    def recording(x, packed, bias):
+        threads_seen.append((x.numel() // x.shape[-1], torch.get_num_threads()))
+        return product(x, packed, bias)
+
+    choice = kernels.tune(model, torch.device("cpu"), torch.float32)
+    assert (choice.kernel, choice.seconds, choice.one_thread_rows) == ("packed", {}, kernels.ONE_THREAD_ROWS)
+    assert choice.summary == "packed, one thread up to 32 rows"
+    assert "packed by rule, untimed, for models narrower than 768 (this one: 32 wide)" in choice.reason
+    decoder = model.model.layers[0].mlp.down_proj
+    assert type(decoder) is PackedLinear and decoder.one_thread_rows == kernels.ONE_THREAD_ROWS
+    assert type(model.lm_head) is PackedLinear and model.lm_head.one_thread_rows == 0  # tens of MiB in a real model
+    monkeypatch.setattr(kernels, "packed_product", recording)
+    with torch.inference_mode():
+        decoder(torch.randn(1, 2, decoder.in_features))
+        decoder(torch.randn(4, 8, decoder.in_features))
+        decoder(torch.randn(3, 11, decoder.in_features))
+        model.lm_head(torch.randn(1, model.lm_head.in_features))
+    assert threads_seen == [(2, 1), (32, 1), (33, 2), (1, 2)]
+    kernels.restore(model)
+    assert "one_thread_rows" not in vars(decoder)
 
 
 def test_packing_keeps_the_values_and_gives_a_tied_output_layer_a_packed_copy():
@@ -98,7 +154,8 @@ def test_a_tall_output_layer_is_packed_whatever_the_other_layers_use(monkeypatch
     ids = torch.tensor([[3, 9, 27, 4]])
     with torch.inference_mode():
         expected = model(input_ids=ids).logits
-    monkeypatch.setattr(kernels, "decide", lambda seconds, width=0: "torch")  # the decoder layers keep torch's
+    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 16)  # timed, not packed by rule
+    monkeypatch.setattr(kernels, "decide", lambda seconds: "torch")  # the decoder layers keep torch's
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert choice.kernel == "torch" and choice.output_packed is packed
     assert choice.summary == ("torch, output layer packed" if packed else "torch")  # the load log and /v1/health
@@ -186,18 +243,16 @@ ONE = {1: 1.0, 4: 1.0, 64: 1.0}
 
 
 @pytest.mark.parametrize(
-    ("transposed", "packed", "width", "expected"),
+    ("transposed", "packed", "expected"),
     [
-        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 896, "packed"),
-        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 1.7, 4: 0.2, 64: 0.5}, 896, "transposed"),  # packed: one row 70% slower
-        ({1: 1.3, 4: 0.5, 64: 1.0}, {1: 1.3, 4: 0.4, 64: 0.6}, 896, "packed"),  # one row 30% slower, less overall
-        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 1.1, 4: 1.0, 64: 1.05}, 896, "torch"),  # packed slower overall
-        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 576, "transposed"),  # too narrow to pack
-        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, 576, "torch"),
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 0.9, 4: 0.3, 64: 0.8}, "packed"),
+        ({1: 0.6, 4: 0.5, 64: 1.0}, {1: 1.7, 4: 0.2, 64: 0.5}, "transposed"),  # packed: one row 70% slower
+        ({1: 1.3, 4: 0.5, 64: 1.0}, {1: 1.3, 4: 0.4, 64: 0.6}, "packed"),  # one row 30% slower, less overall
+        ({1: 1.0, 4: 1.0, 64: 1.0}, {1: 1.1, 4: 1.0, 64: 1.05}, "torch"),  # packed slower overall
     ],
 )
-def test_decide_among_three_kernels(transposed, packed, width, expected):
-    assert kernels.decide(times(transposed, ONE, packed=packed), width) == expected
+def test_decide_among_three_kernels(transposed, packed, expected):
+    assert kernels.decide(times(transposed, ONE, packed=packed)) == expected
 
 
 def test_the_model_width_is_its_hidden_size():
@@ -240,21 +295,18 @@ def test_ratios_are_medians_of_pairs():
     assert kernels.overall_ratio(seconds) == pytest.approx((0.5 * 0.45 * 0.85) ** (1 / 3))
 
 
-@pytest.mark.parametrize(
-    ("min_width", "timed"), [(32, {"torch", "transposed", "packed"}), (768, {"torch", "transposed"})]
-)
-def test_tune_times_every_kernel_it_may_choose_on_cpu_float32(monkeypatch, min_width, timed):
+def test_tune_times_every_kernel_on_a_model_at_least_pack_min_width_wide(monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
-    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", min_width)  # the tiny model is 32 wide
+    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)  # the tiny model is 32 wide
     model = make_tiny_model("llama")
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert kernels.packing_available()  # torch's CPU wheels ship oneDNN
-    assert set(choice.seconds) == timed  # a model too narrow to pack is not timed packed
+    assert set(choice.seconds) == {"torch", "transposed", "packed"}
     for by_rows in choice.seconds.values():
         assert set(by_rows) == set(kernels.TUNE_ROWS)
         assert all(len(ts) == kernels.TUNE_PAIRS and min(ts) > 0 for ts in by_rows.values())
-    assert choice.kernel == kernels.decide(choice.seconds, 32)
+    assert choice.kernel == kernels.decide(choice.seconds) and choice.one_thread_rows == 0
     in_use = {type(m) for m in model.modules()} & {nn.Linear, TransposedLinear, PackedLinear}
     assert in_use == {KERNEL_CLASSES.get(choice.kernel, nn.Linear)}
 
@@ -262,6 +314,7 @@ def test_tune_times_every_kernel_it_may_choose_on_cpu_float32(monkeypatch, min_w
 def test_tune_times_weights_of_the_same_shapes_once_per_process(monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
+    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)
     first = kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32)
     again = kernels.tune(make_tiny_model("llama", seed=1), torch.device("cpu"), torch.float32)
     assert again.seconds is first.seconds and again.kernel == first.kernel
@@ -295,6 +348,7 @@ def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch)
 def test_the_reason_warns_when_openmp_threads_spin(monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
+    monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)  # timed: the warning is about timings
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert "OMP_WAIT_POLICY" not in kernels.tune(make_tiny_model("llama"), torch.device("cpu"), torch.float32).reason
     monkeypatch.delenv("OMP_WAIT_POLICY")

@@ -73,7 +73,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         )
         report.model = lab.lm.model_id
         report.machine["model_load_s"] = round(time.perf_counter() - started, 2)
-        report.machine["linear_kernel"] = lab.lm.linear_kernel  # app.models.kernels: chosen by timing at load
+        # app.models.kernels: chosen at load, by rule or by timing
+        report.machine["linear_kernel"] = lab.lm.linear_kernel
         say("building the concept library (every concept, every layer) and its forward-pass floor")
         library.measure_library(lab, report, rounds=1 if config.quick else 2)
         vectors = pick_vectors(lab)

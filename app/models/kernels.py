@@ -11,12 +11,15 @@ should cost what reading the weights costs whatever the rows. Two other forms do
                 cost about what one does, 16-24 rows about half what torch's kernel takes, and a
                 row's result is the same bits whatever else is in the batch
 
-:func:`tune` times every form on the model's own weights at load (once per process for weights of
-the same shapes), in back-to-back passes whose ratios are compared by their median, so a busy
-machine and a quiet one make the same choice, and switches the model's linear layers: to the
-packed form for layers at least ``PACK_MIN_WIDTH`` wide unless it is slower overall, else to the
-transposed form when that is clearly faster (:func:`decide`). The output layer, many times taller
-than wide, is packed whatever the others use (:func:`packs_output`). The switch
+A model narrower than ``PACK_MIN_WIDTH`` gets the packed form by rule, its products of up to
+``ONE_THREAD_ROWS`` rows computed on one thread (:func:`one_thread`): so small a product costs less
+than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times every form
+on the model's own weights at load (once per process for weights of the same shapes), in
+back-to-back passes whose ratios are compared by their median, so a busy machine and a quiet one
+make the same choice, and switches the model's linear layers: to the packed form unless it is
+slower overall, else to the transposed form when that is clearly faster (:func:`decide`). The
+output layer, many times taller than wide, is packed whatever the others use
+(:func:`packs_output`). The switch
 changes how the product runs, not what it computes: the same modules and hooks; ``transposed``
 keeps the very parameters, ``packed`` replaces each weight by its packed copy (same values,
 exactly recovered by :func:`restore`; memory unchanged), except a weight another module reads in
@@ -27,12 +30,15 @@ torch's layout (a tied output layer), which keeps its parameter and gets a packe
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -48,7 +54,8 @@ TUNE_ROWS = (1, 2, 16, 64)  # one decoding row, a side-by-side pair, a sweep or 
 TUNE_BYTES = 96 * 2**20  # weights timed per pass: about 3x a large L3 cache, so memory speed counts
 MIN_GAIN = 0.85  # switch only to a kernel whose overall ratio to torch's time is at most this ...
 MAX_ROW_RATIO = 1.6  # ... and at most 160% of it at every row count (a guard against a pathological shape)
-PACK_MIN_WIDTH = 768  # packed weights for layers at least this wide (SmolLM2: 576, Qwen 0.5B: 896)
+PACK_MIN_WIDTH = 768  # wider models (Qwen 0.5B: 896) are timed; narrower ones (SmolLM2: 576) packed by rule
+ONE_THREAD_ROWS = 32  # ... with products of up to this many rows on one thread
 PACK_ROWS_HINT = 16  # oneDNN lays the packed weight out for about this many rows
 OUTPUT_MIN_ASPECT = 8  # an output layer at least this many times taller than wide is packed by rule
 TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
@@ -83,8 +90,12 @@ class PackedLinear(nn.Linear):
     Inference only: the packed weight has no gradient."""
 
     dense_requires_grad: bool
+    one_thread_rows: int = 0  # products of up to this many rows run on one thread (:func:`one_thread`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= self.one_thread_rows * self.in_features:
+            with one_thread():
+                return packed_product(x, self.weight, self.bias)
         return packed_product(x, self.weight, self.bias)
 
 
@@ -103,6 +114,45 @@ class PackedCopyLinear(nn.Linear):
 def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W`` packed by :func:`pack`: oneDNN's inner product."""
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
+@functools.cache
+def _thread_count_setter() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch runs on, or None where it cannot be reached.
+
+    It sets the calling thread's count only. ``torch.set_num_threads`` also sets the count that every
+    thread started later takes up, so a server thread started while a product ran on one thread
+    would keep one thread for good."""
+    try:
+        setter = ctypes.CDLL(None).omp_set_num_threads
+    except (OSError, AttributeError, TypeError):  # no OpenMP symbols in the process (another platform's build)
+        return None
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+    threads = torch.get_num_threads()
+    setter(1)
+    reached = torch.get_num_threads() == 1  # the runtime torch asks, not another library's copy
+    setter(threads)
+    return setter if reached else None
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch's CPU operations of this block, in the calling thread only, on one OpenMP thread.
+
+    OpenMP threads that sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``, set by
+    ``python -m app``) take about 150 µs to wake: more than a second thread saves on a product with a
+    weight of a few MiB and a few rows (docs/performance.md). oneDNN's product gives the same bits on
+    one thread as on two, so batched rows still equal their one-at-a-time runs."""
+    setter = _thread_count_setter()
+    threads = torch.get_num_threads()
+    if setter is None or threads == 1:
+        yield
+        return
+    setter(1)
+    try:
+        yield
+    finally:
+        setter(threads)
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -128,24 +178,28 @@ def use(model: nn.Module, kernel: Kernel, pack_output: bool = False) -> int:
 
     ``packed`` gives a layer whose weight another module shares (a tied output layer, whose weight
     the input embedding reads) a packed copy (:class:`PackedCopyLinear`): the embedding cannot read
-    a packed weight. ``pack_output``: the output layer is packed whatever ``kernel`` the others use
-    (:func:`packs_output`)."""
+    a packed weight. On a model narrower than ``PACK_MIN_WIDTH`` the packed layers other than the
+    output layer compute products of up to ``ONE_THREAD_ROWS`` rows on one thread (the output layer,
+    tens of MiB, is 1.5-2x slower so). ``pack_output``: the output layer is packed whatever
+    ``kernel`` the others use (:func:`packs_output`)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     restore(model)
-    output = _output_layer(model) if pack_output else None
-    linears = [m for m in _plain_linears(model) if m is not output]
-    changed = _pack(model, [output]) if output is not None else 0
+    output = _output_layer(model)
+    linears = [m for m in _plain_linears(model) if not (pack_output and m is output)]
+    changed = _pack(model, [output]) if pack_output and output is not None else 0
     if kernel == "torch":
         return changed
     if kernel == "transposed":
         for module in linears:
             module.__class__ = TransposedLinear  # same object, parameters and hooks: only forward differs
         return changed + len(linears)
-    return changed + _pack(model, linears)
+    one_thread_rows = ONE_THREAD_ROWS if model_width(model) < PACK_MIN_WIDTH else 0
+    decoder = [m for m in linears if m is not output]
+    return changed + _pack(model, decoder, one_thread_rows) + _pack(model, [m for m in linears if m is output])
 
 
-def _pack(model: nn.Module, linears: list[nn.Linear]) -> int:
+def _pack(model: nn.Module, linears: list[nn.Linear], one_thread_rows: int = 0) -> int:
     shared = _shared_parameters(model)
     for module in linears:
         if id(module.weight) in shared:
@@ -155,7 +209,10 @@ def _pack(model: nn.Module, linears: list[nn.Linear]) -> int:
         trainable = module.weight.requires_grad
         module.weight = nn.Parameter(pack(module.weight), requires_grad=False)  # oneDNN has no backward for it
         module.__class__ = PackedLinear
-        cast(PackedLinear, module).dense_requires_grad = trainable
+        packed = cast(PackedLinear, module)
+        packed.dense_requires_grad = trainable
+        if one_thread_rows:
+            packed.one_thread_rows = one_thread_rows
     return len(linears)
 
 
@@ -188,6 +245,7 @@ def restore(model: nn.Module) -> int:
         if type(module) is PackedLinear:
             trainable = getattr(module, "dense_requires_grad", True)
             module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=trainable)
+            module.__dict__.pop("one_thread_rows", None)
         elif type(module) is PackedCopyLinear:
             del module.packed_weight
         elif type(module) is not TransposedLinear:
@@ -209,11 +267,17 @@ class KernelChoice:
     reason: str
     seconds: Samples = field(default_factory=dict)
     output_packed: bool = False  # the output layer packed whatever ``kernel`` is (:func:`packs_output`)
+    one_thread_rows: int = 0  # packed layers other than the output layer: products up to this many rows on one thread
 
     @property
     def summary(self) -> str:
-        """``kernel``, and the output layer's when it differs: "torch, output layer packed"."""
-        return f"{self.kernel}, output layer packed" if self.output_packed and self.kernel != "packed" else self.kernel
+        """``kernel``, and what else differs: "torch, output layer packed", "packed, one thread up to 32 rows"."""
+        parts: list[str] = [self.kernel]
+        if self.output_packed and self.kernel != "packed":
+            parts.append("output layer packed")
+        if self.one_thread_rows:
+            parts.append(f"one thread up to {self.one_thread_rows} rows")
+        return ", ".join(parts)
 
 
 def ratios(seconds: Samples, kernel: Kernel = "transposed") -> dict[int, float]:
@@ -244,15 +308,13 @@ def acceptable(seconds: Samples, kernel: Kernel, min_gain: float = MIN_GAIN) -> 
     )
 
 
-def decide(seconds: Samples, width: int = 0, min_gain: float = MIN_GAIN) -> Kernel:
-    """The kernel for layers ``width`` wide (the model's hidden size) timed as ``seconds``.
+def decide(seconds: Samples, min_gain: float = MIN_GAIN) -> Kernel:
+    """The kernel for a model at least ``PACK_MIN_WIDTH`` wide (or without oneDNN) timed as ``seconds``.
 
-    ``packed`` when it was timed, the layers are at least ``PACK_MIN_WIDTH`` wide and it is not
-    slower overall than torch's (nor more than ``MAX_ROW_RATIO`` x at any row count): below that
-    width oneDNN's single row costs 1.4-1.7x MKL's, above it 0.9-1.15x, and near the line a timed
-    rule flipped from one start to the next. Otherwise ``transposed`` if :func:`acceptable`, else
-    ``torch``."""
-    if "packed" in seconds and width >= PACK_MIN_WIDTH and acceptable(seconds, "packed", min_gain=1.0):
+    ``packed`` when it was timed and is not slower overall than torch's (nor more than
+    ``MAX_ROW_RATIO`` x at any row count); otherwise ``transposed`` if :func:`acceptable`, else
+    ``torch``. A narrower model is packed by rule, untimed (:func:`tune`)."""
+    if "packed" in seconds and acceptable(seconds, "packed", min_gain=1.0):
         return "packed"
     return "transposed" if "transposed" in seconds and acceptable(seconds, "transposed", min_gain) else "torch"
 
@@ -291,9 +353,7 @@ def packing_available() -> bool:
 
 
 @torch.inference_mode()
-def time_kernels(
-    model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS, packed: bool = True
-) -> Samples:
+def time_kernels(model: nn.Module, rows: tuple[int, ...] = TUNE_ROWS, repeats: int = TUNE_PAIRS) -> Samples:
     """Seconds of ``repeats`` passes, each running every kernel back to back (the order rotating
     from pass to pass), over a sample of the model's linear layers, after one untimed warm-up pass."""
     sample = _sample_weights(model, TUNE_BYTES)
@@ -301,7 +361,7 @@ def time_kernels(
         "torch": nn.Linear.forward,
         "transposed": TransposedLinear.forward,  # type: ignore[dict-item]  # a Linear subclass's forward
     }
-    if packed and packing_available():
+    if packing_available():
         forwards["packed"] = _packed_forward({id(module): pack(module.weight) for module in sample})
     kernels = list(forwards)
     seconds: Samples = {kernel: {m: [] for m in rows} for kernel in kernels}
@@ -331,6 +391,7 @@ def _spin_warning() -> str:
 
 def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelChoice:
     """Choose the kernel for ``model`` (already on ``device``) and switch to it."""
+    restore(model)  # its width, and timings, in torch's layout
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if forced and forced != "auto":
         if forced not in KERNELS:
@@ -340,14 +401,19 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
         choice = KernelChoice("torch", f"torch's kernels are used on {device.type} with {dtype}")
     elif not _plain_linears(model):
         choice = KernelChoice("torch", "the model has no nn.Linear layers")
+    elif (width := model_width(model)) < PACK_MIN_WIDTH and packing_available():
+        choice = KernelChoice(
+            "packed",
+            f"packed by rule, untimed, for models narrower than {PACK_MIN_WIDTH} (this one: {width} wide), "
+            f"with products of up to {ONE_THREAD_ROWS} rows on one thread (docs/performance.md)",
+            output_packed=packs_output(model),
+        )
     else:
-        restore(model)  # time the weights in torch's layout
-        width = model_width(model)
         key = (tuple(m.weight.shape for m in _sample_weights(model, TUNE_BYTES)), torch.get_num_threads())
         started = time.perf_counter()
         when = "timed earlier in this process"
         if key not in _TIMED:
-            _TIMED[key] = time_kernels(model, packed=width >= PACK_MIN_WIDTH)  # narrower: never packed
+            _TIMED[key] = time_kernels(model)
             when = f"timed in {time.perf_counter() - started:.2f} s"
         seconds = _TIMED[key]
         passes = len(next(iter(seconds["torch"].values())))
@@ -359,16 +425,16 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
             if kernel != "torch"
         )
         choice = KernelChoice(
-            decide(seconds, width),
-            f"time / torch's, medians of {passes} back-to-back passes: {timed}; packed for layers "
-            f">= {PACK_MIN_WIDTH} wide (these: {width}) unless slower overall, else transposed at <= {MIN_GAIN}x "
-            f"overall; none over {MAX_ROW_RATIO}x at a row count; {when}"
+            decide(seconds),
+            f"time / torch's, medians of {passes} back-to-back passes: {timed}; packed unless slower overall, "
+            f"else transposed at <= {MIN_GAIN}x overall; none over {MAX_ROW_RATIO}x at a row count; {when}"
             f"{_spin_warning()}",
             seconds,
             output_packed=packing_available() and packs_output(model),
         )
     output = _output_layer(model) if choice.output_packed else None
     use(model, choice.kernel, pack_output=choice.output_packed)
+    choice.one_thread_rows = max((m.one_thread_rows for m in model.modules() if type(m) is PackedLinear), default=0)
     if output is not None:
         copy = packed_copy_bytes(model)
         choice.reason += f"; the output layer ({output.out_features} x {output.in_features}) packed by rule" + (
