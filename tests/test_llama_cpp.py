@@ -8,9 +8,12 @@ unsteered and steered. The lab runs float32 weights dequantized from that Q4_1 f
 Q4_1 weights themselves (with 8-bit activations in its dot products), so a near-tie between two
 tokens can go either way. A scan of ten concepts at strengths 4 and 6 and their recommended ones
 (at each concept's recommended layer) agreed token for token in about half the cases and parted
-in the others (the baseline itself parts after ~20 tokens); the cases below agree. They pin the
-strength instead of using the recommended one, so a change in how strengths are recommended does
-not change what this test checks: that the file holds the lab's own deltas at the lab's layers.
+in the others (the baseline itself parts after ~20 tokens); the cases below agree. Rescanned when
+SmolLM2's linear kernel changed (packed weights, small products on one thread, so other float
+rounding): of ten concepts at strengths 4 and 6, 9 of 20 agreed, among them happy 4, formal 4 and
+6, angry 4, excited 4 and 6, but no longer angry 6 or technical 4 or 6. They pin the strength
+instead of using the recommended one, so a change in how strengths are recommended does not change
+what this test checks: that the file holds the lab's own deltas at the lab's layers.
 Skipped when the binary or the GGUF is missing, except under ``CI=true``, where that is a failure.
 """
 
@@ -30,7 +33,7 @@ from tests.conftest import missing
 MODEL_ID = "smollm2-135m-instruct"
 PROMPT = "The meeting went"
 NEW_TOKENS = 16
-CASES = (("happy", 4.0), ("formal", 4.0), ("angry", 6.0), ("technical", 6.0))  # (concept, strength)
+CASES = (("happy", 4.0), ("formal", 6.0), ("angry", 4.0), ("excited", 6.0))  # (concept, strength)
 pytestmark = pytest.mark.slow
 
 
