@@ -1,24 +1,32 @@
-"""Exported control vectors steer llama.cpp exactly as the lab steers (README, "llama.cpp").
+"""Exported control vectors steer llama.cpp as the lab steers (README, "llama.cpp").
 
 Runs llama.cpp's own ``llama-completion`` (named by ``STEERING_LAB_LLAMA_COMPLETION``; build it
 with ``/work/shared/tools/build-llama-cpp.sh``, or ``../shared/tools/build-llama-cpp.sh`` beside a
 CI clone) on SmolLM2's own GGUF file, the bytes the lab converted (kept by set-up beside the model).
-Greedy decoding, no chat template, no BOS on either side: llama.cpp's text must equal the lab's,
-unsteered and steered. The lab runs float32 weights dequantized from that Q4_1 file, llama.cpp the
-Q4_1 weights themselves (with 8-bit activations in its dot products), so a near-tie between two
-tokens can go either way. A scan of ten concepts at strengths 4 and 6 and their recommended ones
-(at each concept's recommended layer) agreed token for token in about half the cases and parted
-in the others (the baseline itself parts after ~20 tokens); the cases below agree. Rescanned when
-SmolLM2's linear kernel changed (packed weights, small products on one thread, so other float
-rounding): of ten concepts at strengths 4 and 6, 9 of 20 agreed, among them happy 4, formal 4 and
-6, angry 4, excited 4 and 6, but no longer angry 6 or technical 4 or 6. They pin the strength
-instead of using the recommended one, so a change in how strengths are recommended does not change
-what this test checks: that the file holds the lab's own deltas at the lab's layers.
-Skipped when the binary or the GGUF is missing, except under ``CI=true``, where that is a failure.
+Greedy decoding, no chat template, no BOS on either side, unsteered and steered.
+
+The lab runs float32 weights dequantized from that Q4_1 file, llama.cpp the Q4_1 weights themselves
+(with 8-bit activations in its dot products), so where the lab's two best next tokens are nearly
+tied, llama.cpp may take the other one. A scan of ten concepts at strengths 4 and 6 parted from the
+lab in 12 of 20 cases, always where the lab's top token led the next by at most 0.36 nats (most by
+under 0.1), and always to a token the lab had within 0.5 nats of its best. So each case checks:
+llama.cpp's text is the lab's token for token up to a near-tie (``NEAR_TIE``), and where it parts,
+it took one of the tokens the lab had within ``NEAR_TIE`` of its best. Files written with a wrong
+layer (one deeper), half the scale or the opposite sign failed that check in 25 of 30 such cases (at
+strength 6), and every one of these mistakes fails in some of the cases below. Each case must also
+agree past the first token steering changed, so the agreement covers steered text. (Exact equality,
+the check before, broke whenever SmolLM2's float rounding changed: a new kernel flipped two of its
+near-tied cases.)
+
+The cases pin the strength instead of using the recommended one, so a change in how strengths are
+recommended does not change what this test checks: that the file holds the lab's own deltas at the
+lab's layers. Skipped when the binary or the GGUF is missing, except under ``CI=true``, where that is
+a failure.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -33,7 +41,10 @@ from tests.conftest import missing
 MODEL_ID = "smollm2-135m-instruct"
 PROMPT = "The meeting went"
 NEW_TOKENS = 16
-CASES = (("happy", 4.0), ("formal", 6.0), ("angry", 4.0), ("excited", 6.0))  # (concept, strength)
+NEAR_TIE = 0.5  # nats between the lab's best and another next token: llama.cpp may take either
+RUNNERS_UP = 5  # next tokens the lab records per step (a near-tie among more is not expected)
+# (concept, strength); happy 6 and technical 6 part from llama.cpp at a near-tie (scan above)
+CASES = (("happy", 4.0), ("happy", 6.0), ("formal", 6.0), ("angry", 4.0), ("excited", 6.0), ("technical", 6.0))
 pytestmark = pytest.mark.slow
 
 
@@ -64,7 +75,7 @@ def lab(tmp_path_factory, model_gguf):
 
     root = tmp_path_factory.mktemp("llama")
     (root / "concepts" / "custom").mkdir(parents=True)
-    for name, _ in CASES:
+    for name in {name for name, _ in CASES}:
         shutil.copy(REPO_ROOT / "concepts" / f"{name}.json", root / "concepts")
     return Lab(load_model(MODEL_ID, device="cpu"), concepts_root=root / "concepts", cache_root=root / "vectors")
 
@@ -78,18 +89,51 @@ def run_llama(binary: str, model: Path, *control: str) -> str:
     return done.stdout.removesuffix("\n\n")  # llama-completion ends its output with a blank line
 
 
-def lab_text(lab, steers=()) -> str:
+def lab_run(lab, steers=()):
+    """The lab's greedy continuation of PROMPT, with its runners-up at every step."""
     from app.steering.engine import Steering
     from app.steering.generation import GenerationRequest
 
-    request = GenerationRequest(PROMPT, Steering(tuple(steers)), max_new_tokens=NEW_TOKENS, chat=False)
+    request = GenerationRequest(
+        PROMPT, Steering(tuple(steers)), max_new_tokens=NEW_TOKENS, chat=False, record_top_k=RUNNERS_UP
+    )
     (result,) = lab.generate([request])
     assert len(result.token_ids) == NEW_TOKENS  # no early end: the comparison covers every token
-    return result.text
+    return result
 
 
-def test_unsteered_llama_cpp_equals_the_lab_baseline(llama_completion, model_gguf, lab):
-    assert run_llama(llama_completion, model_gguf) == lab_text(lab)
+def lab_text(lab, steers=()) -> str:
+    return lab_run(lab, steers).text
+
+
+def agreed_tokens(lab, result, theirs: str) -> int:
+    """How many of the lab's tokens llama.cpp's text starts with; where it parts, it must have
+    taken a token the lab had within NEAR_TIE nats of its own best."""
+    decode = lab.lm.tokenizer.decode
+    agreed = 0
+    while agreed < len(result.token_ids) and theirs.startswith(decode(result.token_ids[: agreed + 1])):
+        agreed += 1
+    if agreed == len(result.token_ids):
+        return agreed
+    rest = theirs[len(decode(result.token_ids[:agreed])) :]
+    (best_id, best), *others = result.top_k[agreed]
+    close = [token for token, p in others if math.log(best / p) <= NEAR_TIE]
+    assert any(rest.startswith(decode([token])) for token in close), (
+        f"llama.cpp parts from the lab at token {agreed} where the lab was sure: lab {decode([best_id])!r}, "
+        f"runners-up within {NEAR_TIE} nats {[decode([t]) for t in close]}, llama.cpp {rest!r}"
+    )
+    return agreed
+
+
+def first_change(result, baseline) -> int:
+    """Index of the first token where ``result`` differs from ``baseline`` (its length if none)."""
+    pairs = zip(result.token_ids, baseline.token_ids)
+    return next((i for i, (a, b) in enumerate(pairs) if a != b), len(result.token_ids))
+
+
+def test_unsteered_llama_cpp_follows_the_lab_baseline(llama_completion, model_gguf, lab):
+    baseline = lab_run(lab)
+    assert agreed_tokens(lab, baseline, run_llama(llama_completion, model_gguf)) >= NEW_TOKENS // 2
 
 
 @pytest.mark.parametrize(("concept", "strength"), CASES)
@@ -100,11 +144,12 @@ def test_exported_control_vector_steers_llama_cpp_like_the_lab(
 
     steer = lab.make_steer(concept, strength)  # the recommended layers, as `export` writes them
     path = control_vectors.save(steer.vector, tmp_path / f"{concept}.gguf", steer.strength, steer.resolved_layers())
-    steered = lab_text(lab, [steer])
-    assert steered != lab_text(lab)  # the steering is visible, so equality below means something
-    assert run_llama(llama_completion, model_gguf, "--control-vector", str(path)) == steered
+    steered = lab_run(lab, [steer])
+    changed = first_change(steered, lab_run(lab))  # the steering is visible ...
+    theirs = run_llama(llama_completion, model_gguf, "--control-vector", str(path))
+    assert agreed_tokens(lab, steered, theirs) > changed  # ... and llama.cpp shows it too
     # The import path gives the same text: the file's layers at strength 1 (raw).
-    assert lab_text(lab, [lab.make_steer(str(path))]) == steered
+    assert lab_text(lab, [lab.make_steer(str(path))]) == steered.text
 
 
 def test_scaled_control_vector_halves_the_strength(llama_completion, model_gguf, lab, tmp_path):
@@ -114,6 +159,7 @@ def test_scaled_control_vector_halves_the_strength(llama_completion, model_gguf,
 
     steer = lab.make_steer("happy", 4.0)
     path = control_vectors.save(steer.vector, tmp_path / "happy.gguf", steer.strength, steer.resolved_layers())
-    half = lab_text(lab, [replace(steer, strength=steer.strength / 2)])
-    assert half != lab_text(lab, [steer])
-    assert run_llama(llama_completion, model_gguf, "--control-vector-scaled", f"{path}:0.5") == half
+    half = lab_run(lab, [replace(steer, strength=steer.strength / 2)])
+    changed = first_change(half, lab_run(lab, [steer]))
+    theirs = run_llama(llama_completion, model_gguf, "--control-vector-scaled", f"{path}:0.5")
+    assert agreed_tokens(lab, half, theirs) > changed
