@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -219,22 +220,48 @@ def test_hub_check_respects_hf_hub_offline(monkeypatch: pytest.MonkeyPatch):
     assert registry.availability("phi-3-mini-4k-instruct").status == "unavailable"
 
 
+HANG_S = 60.0  # a hub request that hangs far longer than any check may wait, on any machine
+
+
 def test_hub_check_never_hangs(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(registry, "_head", lambda url, timeout: time.sleep(30))
+    release = threading.Event()
+    monkeypatch.setattr(registry, "_head", lambda url, timeout: release.wait(HANG_S))
     started = time.monotonic()
-    ok, why = registry.hub_check("org/slow", timeout=0.3)
-    assert time.monotonic() - started < 1.5
+    try:
+        ok, why = registry.hub_check("org/slow", timeout=0.3)
+        assert time.monotonic() - started < HANG_S / 2  # it gave up; it did not wait for the request
+        assert not release.is_set()
+    finally:
+        release.set()
     assert not ok and "did not answer" in why
 
 
-def test_hub_checks_run_in_parallel_within_one_timeout(monkeypatch: pytest.MonkeyPatch):
+def test_hub_checks_run_in_parallel(monkeypatch: pytest.MonkeyPatch):
+    """Each request answers only once all four are in flight: checks made one after another fail."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(registry, "_head", lambda url, timeout: time.sleep(30))
+    all_in_flight = threading.Barrier(4)
+
+    def head(url: str, timeout: float) -> int:
+        all_in_flight.wait(HANG_S)
+        return 200
+
+    monkeypatch.setattr(registry, "_head", head)
+    results = registry.hub_checks(["a/1", "b/2", "c/3", "d/4"], timeout=HANG_S)
+    assert results == {repo: (True, "") for repo in ("a/1", "b/2", "c/3", "d/4")}
+
+
+def test_hub_checks_end_within_one_timeout(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    release = threading.Event()
+    monkeypatch.setattr(registry, "_head", lambda url, timeout: release.wait(HANG_S))
     started = time.monotonic()
-    results = registry.hub_checks(["a/1", "b/2", "c/3", "d/4"], timeout=0.3)
-    assert time.monotonic() - started < 2.0
-    assert all(not ok for ok, _ in results.values()) and len(results) == 4
+    try:
+        results = registry.hub_checks(["a/1", "b/2", "c/3", "d/4"], timeout=0.3)
+        assert time.monotonic() - started < HANG_S / 2
+    finally:
+        release.set()
+    assert all(not ok and "did not answer" in why for ok, why in results.values()) and len(results) == 4
 
 
 @pytest.mark.parametrize(
