@@ -99,3 +99,38 @@ def test_stop_reaches_a_sessions_queued_and_running_generations_only():
     stops.arm("a")
     with stops.claimed("a") as fresh:
         assert not fresh.is_set()  # a new Generate starts with a fresh signal
+
+
+class _Library:
+    """What settle_opening_strength reads of a library: finished vectors by name and the build's status."""
+
+    def __init__(self, status: str, vectors: dict | None = None) -> None:
+        self.status, self.vectors = status, vectors or {}
+
+    def cached(self, name: str):
+        return self.vectors.get(name)
+
+
+def _swept(strength: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(recommended_strength=strength)
+
+
+def test_an_untouched_opening_form_moves_to_the_recommendation_once_swept():
+    from app.steering.vectors import DEFAULT_STRENGTH
+    from app.ui.playground import DEFAULT_CONCEPT, settle_opening_strength
+
+    building = _Library("building")
+    assert settle_opening_strength(building, DEFAULT_CONCEPT, DEFAULT_STRENGTH) == (None, True)  # ask again
+    swept = _swept(DEFAULT_STRENGTH + 4)
+    built = _Library("building", {DEFAULT_CONCEPT: swept})
+    assert settle_opening_strength(built, DEFAULT_CONCEPT, DEFAULT_STRENGTH) == (swept, False)
+    # the user moved the strength, or picked another concept: the form stays as it is
+    assert settle_opening_strength(built, DEFAULT_CONCEPT, DEFAULT_STRENGTH + 1) == (None, False)
+    assert settle_opening_strength(built, "sad", DEFAULT_STRENGTH) == (None, False)
+    # the page was made with the recommendation, which happens to be the fallback: nothing to move
+    same = _Library("ready", {DEFAULT_CONCEPT: _swept(DEFAULT_STRENGTH)})
+    assert settle_opening_strength(same, DEFAULT_CONCEPT, DEFAULT_STRENGTH) == (None, False)
+    # the build ended without the concept (it failed): stop asking
+    assert settle_opening_strength(_Library("ready"), DEFAULT_CONCEPT, DEFAULT_STRENGTH) == (None, False)

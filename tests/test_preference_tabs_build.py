@@ -78,3 +78,33 @@ def test_the_playgrounds_first_strength_is_read_again_on_each_page_load():
     load = slider.load_event_to_attach[0]
     built[DEFAULT_CONCEPT] = SimpleNamespace(recommended_strength=7.5)
     assert load() == 7.5
+
+
+def test_an_untouched_playground_form_moves_to_the_opening_recommendation_once_swept():
+    # A timer asks every few seconds; once the background build has swept the opening concept, the
+    # first row's strength and the note under the rows show its recommendation, and the timer stops.
+    from app.steering.vectors import DEFAULT_STRENGTH
+    from app.ui.playground import DEFAULT_CONCEPT, build_playground_tab
+
+    built: dict[str, SimpleNamespace] = {}
+    holder = fake_holder(
+        {DEFAULT_CONCEPT: Concept(name=DEFAULT_CONCEPT, description="", positive=("a",), negative=("b",))}
+    )
+    holder.lab.library.cached = built.get
+    holder.lab.library.status = "building"
+    holder.lab.lm.n_layers = 4
+    with gr.Blocks() as demo:
+        parts = build_playground_tab(holder)
+    (timer,) = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
+    (tick,) = [d for d in demo.fns.values() if any(target[0] == timer._id for target in d.targets)]
+    assert tick.inputs == [parts.concepts[0], parts.strengths[0]]
+    assert tick.outputs == [parts.strengths[0], parts.note, timer]
+
+    assert tick.fn(DEFAULT_CONCEPT, DEFAULT_STRENGTH) == (gr.skip(), gr.skip(), gr.skip())  # not built yet
+    built[DEFAULT_CONCEPT] = SimpleNamespace(name=DEFAULT_CONCEPT, recommended_strength=7.5, recommended_layers=[2])
+    strength, note, stop = tick.fn(DEFAULT_CONCEPT, DEFAULT_STRENGTH)
+    assert strength == 7.5 and note == f"**{DEFAULT_CONCEPT}**: recommended layer 2, strength 7.5."
+    assert isinstance(stop, gr.Timer) and stop.active is False
+    # a form the user changed is left alone, and the timer stops
+    strength, note, stop = tick.fn(DEFAULT_CONCEPT, 6.0)
+    assert strength == gr.skip() and note == gr.skip() and stop.active is False

@@ -22,7 +22,8 @@ from app.serving import LabHolder
 from app.steering.engine import POSITION_MODES, Steer
 from app.steering.generation import GenerationRequest
 from app.steering.layers import parse_layer_list as parse_layers
-from app.steering.vectors import DEFAULT_STRENGTH
+from app.steering.library import VectorLibrary
+from app.steering.vectors import DEFAULT_STRENGTH, SteeringVector
 from app.ui.playground_setup import POSITION_HELP, PRESETS, describe_steers
 from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 N_ROWS = 3
 DEFAULT_CONCEPT = "happy"  # the concept the Playground opens with: the library builds it first
 TOP_K = 5
+OPENING_POLL_S = 3.0  # how often an untouched opening form asks whether its concept's sweep is done
 NONE = ""  # the "no concept" choice of rows 2 and 3
 
 
@@ -171,6 +173,30 @@ def _initial_strength(holder: LabHolder, name: str) -> float:
     return vector.recommended_strength if vector is not None else DEFAULT_STRENGTH
 
 
+def recommendation_note(vector: SteeringVector) -> str:
+    layers = ", ".join(map(str, vector.recommended_layers))
+    return f"**{vector.name}**: recommended layer {layers}, strength {vector.recommended_strength:g}."
+
+
+def settle_opening_strength(
+    library: VectorLibrary, concept: str, strength: float
+) -> tuple[SteeringVector | None, bool]:
+    """(the vector whose recommendation an untouched opening form moves to, or None; whether to ask
+    again later).
+
+    On a first launch the page is made before the opening concept is built, so its form starts at
+    the fallback strength. Once the background build has swept the concept, a form that still shows
+    the opening concept at that fallback moves to the recommendation. A form the user changed is
+    left alone, and so is one whose concept the build could not make (the build ended without it).
+    """
+    if concept != DEFAULT_CONCEPT or strength != DEFAULT_STRENGTH:
+        return None, False
+    vector = library.cached(DEFAULT_CONCEPT)
+    if vector is None:
+        return None, library.status != "ready"
+    return (vector if vector.recommended_strength != strength else None), False
+
+
 def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
     gr.Markdown(
         "Steer the model with one or more concepts and compare with the unsteered baseline: same prompt, "
@@ -290,13 +316,20 @@ def build_playground_tab(holder: LabHolder) -> PlaygroundParts:
             vector = holder.lab.library.get(name)
         except Exception as error:
             raise gr.Error(user_error(error)) from None
-        layer_text = ", ".join(map(str, vector.recommended_layers))
-        return vector.recommended_strength, (
-            f"**{name}**: recommended layer {layer_text}, strength {vector.recommended_strength:g}."
-        )
+        return vector.recommended_strength, recommendation_note(vector)
 
     for dropdown, slider in zip(concepts, strengths):
         dropdown.input(recommend, dropdown, [slider, recommended], api_name=False, concurrency_id=MODEL_CONCURRENCY)
+
+    opening = gr.Timer(OPENING_POLL_S)
+
+    def settle(concept: str, strength: float):
+        vector, again = settle_opening_strength(holder.lab.library, concept, strength)
+        if vector is None:
+            return gr.skip(), gr.skip(), gr.skip() if again else gr.Timer(active=False)
+        return vector.recommended_strength, recommendation_note(vector), gr.Timer(active=False)
+
+    opening.tick(settle, [concepts[0], strengths[0]], [strengths[0], recommended, opening], api_name=False, queue=False)
 
     def apply_preset(name: str):
         if name not in PRESETS:
