@@ -381,6 +381,20 @@ def test_health_and_docs(client, lab):
     assert "swagger" in client.get("/docs").text.lower()
 
 
+def test_the_docs_page_needs_no_network(client):
+    import re
+
+    page = client.get("/docs").text
+    linked = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+    assert sorted(linked) == ["/docs/assets/favicon.png", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"]
+    assert "https://" not in page and "http://" not in page  # no CDN
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text[:2000]
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    for name in ("index.html", "..%2Fcore.py", "../../../../etc/passwd"):
+        assert client.get(f"/docs/assets/{name}").status_code == 404
+
+
 # --- parsing, without a model ----------------------------------------------------------------
 
 

@@ -129,6 +129,7 @@ def test_every_endpoint_over_raw_http(http, server):
     assert http.get("/v1/models").json()["data"][0]["id"] == MODEL_ID
     assert "/v1/chat/completions" in http.get("/openapi.json").json()["paths"]
     assert http.get("/docs").status_code == 200
+    assert http.get("/docs/assets/swagger-ui-bundle.js").status_code == 200  # served here, not from a CDN
     assert http.get("/v1/health").json()["hooks"] == 0
     assert httpx.get(server.url).status_code == 200  # the UI on the same port
 

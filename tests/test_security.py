@@ -101,6 +101,7 @@ def test_the_environment_reaches_the_server(served):
         ("GET", "/v1/vectors/happy"),
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
+        ("GET", "/docs/assets/swagger-ui-bundle.js"),
     ],
 )
 def test_with_auth_set_an_unauthenticated_request_is_refused(served, method, route):

@@ -4,19 +4,22 @@ Gradio 6 serves the UI with FastAPI and hands ``launch(app_kwargs=...)`` to that
 the API shares the port, the process and the loaded lab with the UI. The routes are added in
 the app's lifespan (before the server accepts a connection); the error handlers are the app's
 own, answering only the API's paths. ``/docs`` and ``/openapi.json`` describe the API's routes
-alone and need the same login as the API.
+alone and need the same login as the API. The Swagger page's script, style and icon are served from
+the fastapi-offline package, not from a CDN, so ``/docs`` works on a machine with no internet.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from app.api.auth import require_login
@@ -27,6 +30,8 @@ from app.api.openai_routes import build_openai_router
 from app.serving import LabHolder
 
 TITLE = "Steering Lab API"
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")  # in fastapi_offline/static
 DESCRIPTION = """Steered generation for programs, beside the app's UI on the same port.
 
 `/v1/chat/completions`, `/v1/completions` and `/v1/models` follow the OpenAI API (the official
@@ -61,7 +66,19 @@ def add_docs(app: FastAPI, router: APIRouter, auth: tuple[str, str] | None) -> N
 
     @docs_router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=TITLE,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @docs_router.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in SWAGGER_FILES:
+            raise HTTPException(404)
+        return FileResponse(str(files("fastapi_offline") / "static" / name))
 
     app.include_router(docs_router)
 
