@@ -386,7 +386,11 @@ def test_the_docs_page_needs_no_network(client):
 
     page = client.get("/docs").text
     linked = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
-    assert sorted(linked) == ["/docs/assets/favicon.png", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"]
+    assert sorted(linked) == [
+        "/docs/assets/favicon.png",
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+    ]
     assert "https://" not in page and "http://" not in page  # no CDN
     script = client.get("/docs/assets/swagger-ui-bundle.js")
     assert script.status_code == 200 and "SwaggerUIBundle" in script.text[:2000]
