@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -322,6 +323,9 @@ def test_download_upload_and_steer_with_a_vector(world, tmp_path):
             for c in ("happy", "myhappy")]  # fmt: skip
     assert same[0] == same[1]
     assert "myhappy" in client.get("/v1/concepts").json()["uploaded_vectors"]
+    # After a restart (a new process: nothing in memory), the upload is read back from the cache.
+    restarted = parsing.steering(context.lab, parsing.UploadedVectors(), _fields([{"concept": "myhappy", **item}]))
+    assert torch.equal(restarted.steers[0].vector.layers[1], context.uploads.get(context.lab, "myhappy").layers[1])
 
     gguf = client.get("/v1/vectors/happy", params={"format": "gguf", "strength": 30, "layers": "1,2"})
     assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF"

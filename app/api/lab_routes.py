@@ -186,7 +186,7 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         if chosen in lab.library.concepts():
             raise ApiError(409, f"{chosen!r} is a concept's name; upload the vector under another name", param="name")
         vector = await context.admission.run(lambda: read_vector(lab, raw, filename, chosen))
-        context.uploads.put(chosen, vector)
+        context.uploads.put(lab, chosen, vector)
         return VectorUploaded(
             name=chosen,
             format=FORMATS[Path(filename).suffix.lower()],  # type: ignore[arg-type]
