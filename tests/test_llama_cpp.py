@@ -117,7 +117,7 @@ def agreed_tokens(lab, result, theirs: str) -> int:
         return agreed
     rest = theirs[len(decode(result.token_ids[:agreed])) :]
     (best_id, best), *others = result.top_k[agreed]
-    close = [token for token, p in others if math.log(best / p) <= NEAR_TIE]
+    close = [token for token, p in others if p > 0 and math.log(best / p) <= NEAR_TIE]
     assert any(rest.startswith(decode([token])) for token in close), (
         f"llama.cpp parts from the lab at token {agreed} where the lab was sure: lab {decode([best_id])!r}, "
         f"runners-up within {NEAR_TIE} nats {[decode([t]) for t in close]}, llama.cpp {rest!r}"
