@@ -89,7 +89,7 @@ def test_creator_concept_is_saved_and_appears_in_the_playground(page, app_server
     shot(page, artifacts, "creator-extracted")
 
     page.locator("#cr-save").click()
-    page.locator("#cr-saved").get_by_text("Saved").wait_for(timeout=30_000)
+    page.locator("#cr-saved").get_by_text("Saved").wait_for(timeout=GENERATION_TIMEOUT_MS)
     saved = app_server.concepts_dir / "custom" / f"{name}.json"
     data = json.loads(saved.read_text())
     assert data["name"] == name and len(data["positive"]) == 3 and len(data["negative"]) == 3
@@ -144,7 +144,7 @@ def test_creator_loads_an_uploaded_concept_and_reports_a_broken_one(page, tmp_pa
     assert text_value(page, "cr-positive") == "yes indeed\nabsolutely"
     assert text_value(page, "cr-try-prompt") == "Will it rain?"
     upload.set_input_files(str(broken))
-    page.locator(".toast-body.error").first.wait_for(timeout=30_000)
+    page.locator(".toast-body.error").first.wait_for(timeout=GENERATION_TIMEOUT_MS)
     assert "not valid JSON" in page.locator(".toast-body.error").first.inner_text()
     assert "Traceback" not in page.content()
 
@@ -154,7 +154,7 @@ def test_creator_rejects_a_bad_name_with_a_readable_message(page, app_server):
     fill_text(page, "cr-name", "../escape")
     page.locator("#cr-save").click()
     toast = page.locator(".toast-body.error")
-    toast.first.wait_for(timeout=30_000)
+    toast.first.wait_for(timeout=GENERATION_TIMEOUT_MS)
     assert "bad concept name" in toast.first.inner_text()
     assert not (app_server.concepts_dir / "escape.json").exists()
     assert "Traceback" not in page.content()

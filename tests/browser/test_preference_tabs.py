@@ -101,7 +101,7 @@ def test_a_full_calibration_run(page, artifacts):
     assert last_reply(page, "cal-chat")
     page.locator("#cal-profile-name input").fill("browser_calibrated")
     page.locator("#cal-profile-save").click()
-    wait_for_text(page, "#cal-profile-status", r"Saved to", 30_000)
+    wait_for_text(page, "#cal-profile-status", r"Saved to", 120_000)
     assert_no_error(page)
     page.screenshot(path=artifacts / "calibrate_done.png", full_page=True)
 
