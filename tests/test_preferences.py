@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -228,6 +229,30 @@ def test_text_directions_read_the_pole_and_the_dimension():
     assert grown_up["age"] > 0.5 and abs(grown_up["cost"]) < 0.1
     vague = learn.text_directions("ok", PHRASES)
     assert all(abs(v) < learn.MIN_TEXT_DIRECTION for v in vague.values())
+
+
+NEGATION = re.compile(r"\b(not|no|nothing|don't|won't|can't|avoid|skip)\b", re.IGNORECASE)
+
+
+def test_the_shipped_phrases_read_plain_held_out_feedback():
+    """tests/heldout/feedback.json: every plain request is read right. The 20 asked through a
+    negation ("Nothing fancy, please.") are a known limit, not asserted: sentence embeddings barely
+    see the negation, and 5 of 20 were read right when the cases were written (docs/quality.md)."""
+    from app.storage import REPO_ROOT
+
+    cases = json.loads((REPO_ROOT / "tests" / "heldout" / "feedback.json").read_text())["cases"]
+    phrases = learn.load_feedback_phrases()
+
+    def right(text: str, dim: str, sign: int) -> bool:
+        directions = learn.text_directions(text, phrases)
+        return max(directions, key=lambda d: abs(directions[d])) == dim and directions[dim] * sign > 0
+
+    shipped = {text for poles in phrases.values() for side in poles.values() for text in side}
+    assert not {text for text, _, _ in cases} & shipped  # held out: none is a shipped phrase
+    negated = [c for c in cases if NEGATION.search(c[0])]
+    plain = [c for c in cases if c not in negated]
+    assert (len(plain), len(negated)) == (10, 20)
+    assert sum(right(*c) for c in plain) == 10
 
 
 USER_SAYS = {
