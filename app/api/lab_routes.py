@@ -185,8 +185,13 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         lab = context.lab
         if chosen in lab.library.concepts():
             raise ApiError(409, f"{chosen!r} is a concept's name; upload the vector under another name", param="name")
-        vector = await context.admission.run(lambda: read_vector(lab, raw, filename, chosen))
-        context.uploads.put(lab, chosen, vector)
+
+        def read_and_keep() -> SteeringVector:  # file work, off the event loop
+            vector = read_vector(lab, raw, filename, chosen)
+            context.uploads.put(lab, chosen, vector)
+            return vector
+
+        vector = await context.admission.run(read_and_keep)
         return VectorUploaded(
             name=chosen,
             format=FORMATS[Path(filename).suffix.lower()],  # type: ignore[arg-type]
