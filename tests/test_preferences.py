@@ -234,25 +234,67 @@ def test_text_directions_read_the_pole_and_the_dimension():
 NEGATION = re.compile(r"\b(not|no|nothing|don't|won't|can't|avoid|skip)\b", re.IGNORECASE)
 
 
-def test_the_shipped_phrases_read_plain_held_out_feedback():
-    """tests/heldout/feedback.json: every plain request is read right. The 20 asked through a
-    negation ("Nothing fancy, please.") are a known limit, not asserted: sentence embeddings barely
-    see the negation, and 5 of 20 were read right when the cases were written (docs/quality.md)."""
+def feedback_cases(kind: str) -> list:
     from app.storage import REPO_ROOT
 
-    cases = json.loads((REPO_ROOT / "tests" / "heldout" / "feedback.json").read_text())["cases"]
-    phrases = learn.load_feedback_phrases()
+    return json.loads((REPO_ROOT / "tests" / kind / "feedback.json").read_text())["cases"]
 
-    def right(text: str, dim: str, sign: int) -> bool:
-        directions = learn.text_directions(text, phrases)
-        return max(directions, key=lambda d: abs(directions[d])) == dim and directions[dim] * sign > 0
 
+def read_right(text: str, dim: str, sign: int, phrases) -> bool:
+    directions = learn.text_directions(text, phrases)
+    return max(directions, key=lambda d: abs(directions[d])) == dim and directions[dim] * sign > 0
+
+
+def test_held_out_feedback_is_read_plain_and_through_negations():
+    """tests/heldout/feedback.json, measured once after the negation rule was chosen on
+    tests/tuning/feedback.json: plain 10 of 10, through a negation 15 of 20 (5 of 20 before the
+    rule, docs/quality.md). The five misses are negations of a phrase the pole lists hold as a
+    complaint ("too obscure", "the tourist traps"), which the rule turns the wrong way."""
+    cases, phrases = feedback_cases("heldout"), learn.load_feedback_phrases()
     shipped = {text for poles in phrases.values() for side in poles.values() for text in side}
-    assert not {text for text, _, _ in cases} & shipped  # held out: none is a shipped phrase
+    tuning = {text for text, _, _ in feedback_cases("tuning")}
+    assert not {text for text, _, _ in cases} & (shipped | tuning)  # held out: none seen before
     negated = [c for c in cases if NEGATION.search(c[0])]
     plain = [c for c in cases if c not in negated]
     assert (len(plain), len(negated)) == (10, 20)
-    assert sum(right(*c) for c in plain) == 10
+    assert sum(read_right(*c, phrases) for c in plain) == 10
+    assert sum(read_right(*c, phrases) for c in negated) == 15
+
+
+def test_tuning_feedback_shares_no_text_with_the_shipped_phrases():
+    phrases = learn.load_feedback_phrases()
+    shipped = {text for poles in phrases.values() for side in poles.values() for text in side}
+    cases = feedback_cases("tuning")
+    assert len(cases) == 30 and not {text for text, _, _ in cases} & shipped
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        ("Nothing fancy, please.", [("fancy", -1), ("please", 1)]),
+        ("No burgers, I want sushi.", [("burgers", -1), ("I want sushi", 1)]),
+        ("I don't want to wake up early.", [("I", 1), ("want to wake up early", -1)]),
+        ("I don’t want to wake up early.", [("I", 1), ("want to wake up early", -1)]),  # typographic apostrophe
+        ("Not the museum but the bar", [("the museum", -1), ("the bar", 1)]),
+        ("Please avoid the crowds; skip lunch", [("Please", 1), ("the crowds", -1), ("lunch", -1)]),
+        ("Without kids, never noisy", [("kids", -1), ("noisy", -1)]),
+        ("No.", []),
+        ("Somewhere cheap, near the sea!", [("Somewhere cheap", 1), ("near the sea", 1)]),
+        ("Nowhere notable, another nod", [("Nowhere notable", 1), ("another nod", 1)]),  # words that begin with a cue
+    ],
+)
+def test_negation_scopes(text, pieces):
+    assert learn.negation_scopes(text) == pieces
+
+
+def test_a_negation_turns_the_direction_around_and_plain_text_reads_as_before():
+    fancy, not_fancy = (learn.text_directions(t, PHRASES)["cost"] for t in ("Fancy, please.", "Nothing fancy, please."))
+    assert fancy > learn.MIN_TEXT_DIRECTION and not_fancy < -learn.MIN_TEXT_DIRECTION
+    assert learn.text_directions("No.", PHRASES) == dict.fromkeys(PHRASES, 0.0)
+    from app.analysis.embeddings import embed
+
+    text = "Something more affordable, near the sea."  # no cue: one piece, the whole text
+    assert learn.text_directions(text, PHRASES) == learn._pole_directions(embed([text])[0], PHRASES)
 
 
 USER_SAYS = {

@@ -3,7 +3,8 @@
 LEARN is the paper's Eq. 1 per dimension: ``d ← clip(d + p · dissatisfaction · direction)``.
 Dissatisfaction is 1 for thumbs down, 0 for thumbs up, optionally blended with the feedback
 text's sentiment. Direction ∈ [−1, 1] comes from the feedback text when it names a dimension
-(its embedding similarity to request phrases for each pole, see ``text_directions``).
+(its embedding similarity to request phrases for each pole, see ``text_directions``; what a
+negation governs counts the other way).
 Without such text a thumbs down is read from context, in this order:
 
 1. the dimension moved last round: keep going the same way ("not there yet"). Thumbs alone
@@ -19,10 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from app.preferences.select import UI_MAX, clip_ui
 from app.storage import concepts_dir
@@ -32,6 +36,11 @@ TEXT_TEMPERATURE = 0.05  # cosine similarities differ by ~0.05–0.3 between pol
 # Texts about nothing in particular sit below this similarity (measured ~0.1–0.25).
 NULL_SIMILARITY = 0.3
 MIN_TEXT_DIRECTION = 0.15  # below this the text did not name the dimension
+# Words that turn what follows in their clause around: "not", "no", "don't", "avoid", "skip"...
+NEGATION_CUE = re.compile(
+    r"\b(?:not|no|never|nothing|none|nor|neither|without|cannot|avoid|skip|\w+n['’]t)\b", re.IGNORECASE
+)
+CLAUSE_BREAK = re.compile(r"[,.;:!?]+|\bbut\b", re.IGNORECASE)
 SATISFIED = (
     "This is great, exactly what I wanted.",
     "Perfect, thank you!",
@@ -72,15 +81,32 @@ def text_directions(text: str, phrases: Mapping[str, Mapping[str, Sequence[str]]
     A softmax over the text's cosine similarity to every pole's request phrases plus a
     "none of these" option at ``NULL_SIMILARITY``; a dimension's direction is
     P(positive pole) − P(negative pole).
+
+    Sentence embeddings barely see a negation ("Nothing fancy, please." sits next to "something
+    fancy"), so a text with a negation cue is read in pieces (:func:`negation_scopes`): what a cue
+    governs, to the end of its clause, counts against its own direction; the rest counts as said.
+    The pieces' directions add up, clipped to [−1, 1].
     """
     from app.analysis.embeddings import embed
-    from app.analysis.metrics import pole_centroid
 
     if not text.strip() or not phrases:
         return dict.fromkeys(phrases, 0.0)
-    e = embed([text])[0]
+    pieces = negation_scopes(text) if NEGATION_CUE.search(text) else [(text, 1)]
+    if not pieces:  # only cues ("No."): nothing named
+        return dict.fromkeys(phrases, 0.0)
+    embeddings = embed([piece for piece, _ in pieces])
+    total = dict.fromkeys(phrases, 0.0)
+    for e, (_, sign) in zip(embeddings, pieces):
+        for dim, direction in _pole_directions(e, phrases).items():
+            total[dim] += sign * direction
+    return {dim: max(-1.0, min(1.0, value)) for dim, value in total.items()}
+
+
+def _pole_directions(embedding: np.ndarray, phrases: Mapping[str, Mapping[str, Sequence[str]]]) -> dict[str, float]:
+    from app.analysis.metrics import pole_centroid
+
     sims = {
-        (dim, side): float(e @ pole_centroid(poles[side]))
+        (dim, side): float(embedding @ pole_centroid(poles[side]))
         for dim, poles in phrases.items()
         for side in ("positive", "negative")
     }
@@ -88,6 +114,22 @@ def text_directions(text: str, phrases: Mapping[str, Mapping[str, Sequence[str]]
     weights = {key: math.exp((s - top) / TEXT_TEMPERATURE) for key, s in sims.items()}
     total = sum(weights.values()) + math.exp((NULL_SIMILARITY - top) / TEXT_TEMPERATURE)
     return {dim: (weights[dim, "positive"] - weights[dim, "negative"]) / total for dim in phrases}
+
+
+def negation_scopes(text: str) -> list[tuple[str, int]]:
+    """The text's pieces with their sign: −1 for what a negation cue governs, +1 for the rest.
+
+    A cue governs the rest of its clause (up to punctuation or "but"); a second cue in the same
+    scope does not flip it back (double negatives are rare in requests and often emphatic).
+    Pieces with no letters are dropped. ``"No burgers, I want sushi."`` →
+    ``[("burgers", -1), ("I want sushi", 1)]``.
+    """
+    pieces: list[tuple[str, int]] = []
+    for clause in CLAUSE_BREAK.split(text):
+        cue = NEGATION_CUE.search(clause)
+        parts = [(clause, 1)] if cue is None else [(clause[: cue.start()], 1), (clause[cue.end() :], -1)]
+        pieces += [(part.strip(), sign) for part, sign in parts if re.search(r"[^\W\d_]", part)]
+    return pieces
 
 
 def text_sentiment(text: str) -> float:
