@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
@@ -153,12 +154,16 @@ def build_lab_router(context: ApiContext) -> APIRouter:
     @router.get("/v1/concepts", response_model=ConceptList, summary="Every concept, with its recommendations")
     async def list_concepts() -> ConceptList:
         lab = context.lab
-        concepts = sorted(lab.library.concepts().values(), key=lambda c: c.name)
-        return ConceptList(
-            model=lab.lm.model_id,
-            concepts=[concept_info(lab, c) for c in concepts],
-            uploaded_vectors=context.uploads.names(lab),
-        )
+
+        def listing() -> ConceptList:  # reads the concept files and the uploads folder
+            concepts = sorted(lab.library.concepts().values(), key=lambda c: c.name)
+            return ConceptList(
+                model=lab.lm.model_id,
+                concepts=[concept_info(lab, c) for c in concepts],
+                uploaded_vectors=context.uploads.names(lab),
+            )
+
+        return await anyio.to_thread.run_sync(listing)  # off the event loop, without a queue slot
 
     @router.post(
         "/v1/concepts",
@@ -215,7 +220,11 @@ def build_lab_router(context: ApiContext) -> APIRouter:
     ) -> Response:
         lab = context.lab
         concept_store.validate_name(name)
-        if name not in lab.library.concepts() and context.uploads.get(lab, name) is None:
+
+        def known() -> bool:  # reads the concept files, and an upload kept on disk by an earlier server
+            return name in lab.library.concepts() or context.uploads.get(lab, name) is not None
+
+        if not await anyio.to_thread.run_sync(known):
             raise ApiError(404, f"no concept or uploaded vector named {name!r} (GET /v1/concepts lists them)")
         most = limits.current().max_strength
         if strength is not None and not (math.isfinite(strength) and abs(strength) <= most):
