@@ -265,7 +265,7 @@ def test_tuning_feedback_shares_no_text_with_the_shipped_phrases():
     phrases = learn.load_feedback_phrases()
     shipped = {text for poles in phrases.values() for side in poles.values() for text in side}
     cases = feedback_cases("tuning")
-    assert len(cases) == 30 and not {text for text, _, _ in cases} & shipped
+    assert len(cases) == 40 and not {text for text, _, _ in cases} & shipped
 
 
 @pytest.mark.parametrize(
@@ -279,6 +279,9 @@ def test_tuning_feedback_shares_no_text_with_the_shipped_phrases():
         ("Please avoid the crowds; skip lunch", [("Please", 1), ("the crowds", -1), ("lunch", -1)]),
         ("Without kids, never noisy", [("kids", -1), ("noisy", -1)]),
         ("No.", []),
+        ("Can't we go somewhere cheaper?", [("Can't we go somewhere cheaper", 1)]),  # a question asks
+        ("Why not somewhere famous? No burgers!", [("Why not somewhere famous", 1), ("burgers", -1)]),
+        ("Can you skip the museum, or not?", [("Can you", 1), ("the museum", -1), ("or not", 1)]),
         ("Somewhere cheap, near the sea!", [("Somewhere cheap", 1), ("near the sea", 1)]),
         ("Nowhere notable, another nod", [("Nowhere notable", 1), ("another nod", 1)]),  # words that begin with a cue
     ],

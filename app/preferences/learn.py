@@ -36,11 +36,14 @@ TEXT_TEMPERATURE = 0.05  # cosine similarities differ by ~0.05–0.3 between pol
 # Texts about nothing in particular sit below this similarity (measured ~0.1–0.25).
 NULL_SIMILARITY = 0.3
 MIN_TEXT_DIRECTION = 0.15  # below this the text did not name the dimension
-# Words that turn what follows in their clause around: "not", "no", "don't", "avoid", "skip"...
-NEGATION_CUE = re.compile(
-    r"\b(?:not|no|never|nothing|none|nor|neither|without|cannot|avoid|skip|\w+n['’]t)\b", re.IGNORECASE
-)
-CLAUSE_BREAK = re.compile(r"[,.;:!?]+|\bbut\b", re.IGNORECASE)
+# Words that turn what follows in their clause around: "not", "no", "don't"... and "avoid", "skip",
+# "without". In a question only the last three do: "Can't we go somewhere cheaper?" asks for it.
+GRAMMATICAL_NEGATION = r"not|no|never|nothing|none|nor|neither|cannot|\w+n['’]t"
+LEXICAL_NEGATION = r"without|avoid|skip"
+NEGATION_CUE = re.compile(rf"\b(?:{GRAMMATICAL_NEGATION}|{LEXICAL_NEGATION})\b", re.IGNORECASE)
+QUESTION_NEGATION_CUE = re.compile(rf"\b(?:{LEXICAL_NEGATION})\b", re.IGNORECASE)
+SENTENCE = re.compile(r"([^.!?]*)([.!?]*)")
+CLAUSE_BREAK = re.compile(r"[,;:]+|\bbut\b", re.IGNORECASE)
 SATISFIED = (
     "This is great, exactly what I wanted.",
     "Perfect, thank you!",
@@ -120,15 +123,18 @@ def negation_scopes(text: str) -> list[tuple[str, int]]:
     """The text's pieces with their sign: −1 for what a negation cue governs, +1 for the rest.
 
     A cue governs the rest of its clause (up to punctuation or "but"); a second cue in the same
-    scope does not flip it back (double negatives are rare in requests and often emphatic).
-    Pieces with no letters are dropped. ``"No burgers, I want sushi."`` →
-    ``[("burgers", -1), ("I want sushi", 1)]``.
+    scope does not flip it back (double negatives are rare in requests and often emphatic). In a
+    question a grammatical negation is a way of asking ("Isn't there anything cheaper?", "Why not
+    somewhere famous?"), so there only "avoid", "skip" and "without" count. Pieces with no letters
+    are dropped. ``"No burgers, I want sushi."`` → ``[("burgers", -1), ("I want sushi", 1)]``.
     """
     pieces: list[tuple[str, int]] = []
-    for clause in CLAUSE_BREAK.split(text):
-        cue = NEGATION_CUE.search(clause)
-        parts = [(clause, 1)] if cue is None else [(clause[: cue.start()], 1), (clause[cue.end() :], -1)]
-        pieces += [(part.strip(), sign) for part, sign in parts if re.search(r"[^\W\d_]", part)]
+    for sentence, end in SENTENCE.findall(text):
+        cues = QUESTION_NEGATION_CUE if "?" in end else NEGATION_CUE
+        for clause in CLAUSE_BREAK.split(sentence):
+            cue = cues.search(clause)
+            parts = [(clause, 1)] if cue is None else [(clause[: cue.start()], 1), (clause[cue.end() :], -1)]
+            pieces += [(part.strip(), sign) for part, sign in parts if re.search(r"[^\W\d_]", part)]
     return pieces
 
 
