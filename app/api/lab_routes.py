@@ -188,7 +188,7 @@ def build_lab_router(context: ApiContext) -> APIRouter:
         chosen = name if name is not None else Path(filename).stem.lower()
         concept_store.validate_name(chosen)
         lab = context.lab
-        if chosen in lab.library.concepts():
+        if await anyio.to_thread.run_sync(lambda: chosen in lab.library.concepts()):  # reads the concept files
             raise ApiError(409, f"{chosen!r} is a concept's name; upload the vector under another name", param="name")
 
         def read_and_keep() -> SteeringVector:  # file work, off the event loop
