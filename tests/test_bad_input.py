@@ -65,6 +65,7 @@ def world(tmp_path_factory):
     lab = Lab(lm, concepts_root=root / "concepts", cache_root=root / "cache" / "vectors")
     files = root / "files"
     files.mkdir()
+    (files / "empty").mkdir()  # a concept folder without concepts
     trap = root / "UNPICKLED"
     payload = pickle.dumps({"layer.0": _Trap(trap)})
     good_concept = json.loads((root / "concepts" / "happy.json").read_text())
@@ -173,6 +174,19 @@ CLI_CASES = [
     CliCase(
         "missing model", lambda w: ["generate", "hi", "--model", "/no/such/model"], 1, "unknown model '/no/such/model'"
     ),
+    CliCase(
+        "bench concepts not a folder",
+        lambda w: ["bench", "--model", w["model"], "--quick", "--concepts", "/no/such/folder"],
+        1,
+        "--concepts /no/such/folder is not a folder",
+    ),
+    CliCase(
+        "bench concepts folder empty",
+        lambda w: ["bench", "--model", w["model"], "--quick", "--concepts", str(w["files"] / "empty")],
+        1,
+        "empty has no concept files (*.json)",
+    ),
+    CliCase("bench zero threads", lambda w: ["bench", "--model", w["model"], "--threads", "0"], 1, "at least 1, got 0"),
     CliCase(
         "extract unknown method",
         lambda w: ["extract", "happy", "--model", w["model"], "--method", "magic"],

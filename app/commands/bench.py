@@ -28,6 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write the JSON report to FILE")
 
 
+def check_concept_folder(folder: Path) -> None:
+    """Refuse, before any model loads, a ``--concepts`` folder the library cannot build from."""
+    from app.steering.concepts import load_all
+
+    if not folder.is_dir():
+        raise ValueError(f"--concepts {folder} is not a folder")
+    if not load_all(folder):
+        raise ValueError(f"--concepts {folder} has no concept files (*.json)")
+
+
 def main(args: argparse.Namespace) -> int:
     from app.bench.common import BenchConfig
     from app.bench.run import format_table, run_bench
@@ -36,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--new-tokens must be at least 1, got {args.new_tokens}")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.concepts is not None:
+        check_concept_folder(args.concepts)
     config = BenchConfig(
         model=args.model,
         device=args.device,
