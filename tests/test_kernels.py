@@ -1,4 +1,6 @@
-"""The linear kernels (transposed, packed): same results, same modules, chosen only when faster."""
+"""The linear kernels (transposed, packed, panels): same results, same modules, chosen only when faster.
+
+The panel product's own build and rule: tests/test_panels.py."""
 
 from __future__ import annotations
 
@@ -8,15 +10,21 @@ import pytest
 import torch
 from torch import nn
 
-from app.models import kernels
-from app.models.kernels import PackedCopyLinear, PackedLinear, TransposedLinear
+from app.models import kernels, panels
+from app.models.kernels import PackedCopyLinear, PackedLinear, PanelLinear, TransposedLinear
 from app.models.loading import fingerprint
 from app.steering.engine import Steer, Steering, SteeringEngine
 from app.steering.generation import GenerationRequest, generate
 from tests.conftest import TINY_CONFIGS, make_tiny_model
 from tests.test_engine import random_vector
 
-KERNEL_CLASSES = {"transposed": TransposedLinear, "packed": PackedLinear}
+KERNEL_CLASSES = {"transposed": TransposedLinear, "packed": PackedLinear, "panels": PanelLinear}
+
+
+@pytest.fixture
+def no_panels(monkeypatch):
+    """A machine where the panel product cannot run (no C compiler, say): the older rules choose."""
+    monkeypatch.setattr(panels, "unavailable_reason", lambda: "no C compiler ('cc' is not on PATH)")
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNEL_CLASSES))
@@ -80,7 +88,7 @@ def test_one_thread_sets_the_calling_thread_only(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_a_narrow_model_is_packed_by_rule_with_small_products_on_one_thread(monkeypatch, two_threads):
+def test_a_narrow_model_is_packed_by_rule_with_small_products_on_one_thread(no_panels, monkeypatch, two_threads):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     model = make_tiny_model("llama")  # 32 wide
     threads_seen: list[tuple[int, int]] = []
@@ -94,6 +102,7 @@ def test_a_narrow_model_is_packed_by_rule_with_small_products_on_one_thread(monk
     assert (choice.kernel, choice.seconds, choice.one_thread_rows) == ("packed", {}, kernels.ONE_THREAD_ROWS)
     assert choice.summary == "packed, one thread up to 32 rows"
     assert "packed by rule, untimed, for models narrower than 768 (this one: 32 wide)" in choice.reason
+    assert choice.reason.endswith("; not the panel product: no C compiler ('cc' is not on PATH)")
     decoder = model.model.layers[0].mlp.down_proj
     assert type(decoder) is PackedLinear and decoder.one_thread_rows == kernels.ONE_THREAD_ROWS
     assert type(model.lm_head) is PackedLinear and model.lm_head.one_thread_rows == 0  # tens of MiB in a real model
@@ -146,7 +155,7 @@ def test_packing_keeps_the_values_and_gives_a_tied_output_layer_a_packed_copy():
 
 
 @pytest.mark.parametrize(("vocab", "packed"), [(128, False), (256, True)])  # hidden size 32
-def test_a_tall_output_layer_is_packed_whatever_the_other_layers_use(monkeypatch, vocab, packed):
+def test_a_tall_output_layer_is_packed_whatever_the_other_layers_use(no_panels, monkeypatch, vocab, packed):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setitem(TINY_CONFIGS, "llama", {**TINY_CONFIGS["llama"], "vocab_size": vocab})
     model = make_tiny_model("llama")
@@ -295,7 +304,7 @@ def test_ratios_are_medians_of_pairs():
     assert kernels.overall_ratio(seconds) == pytest.approx((0.5 * 0.45 * 0.85) ** (1 / 3))
 
 
-def test_tune_times_every_kernel_on_a_model_at_least_pack_min_width_wide(monkeypatch):
+def test_tune_times_every_kernel_on_a_model_at_least_pack_min_width_wide(no_panels, monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
     monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)  # the tiny model is 32 wide
@@ -311,7 +320,7 @@ def test_tune_times_every_kernel_on_a_model_at_least_pack_min_width_wide(monkeyp
     assert in_use == {KERNEL_CLASSES.get(choice.kernel, nn.Linear)}
 
 
-def test_tune_times_weights_of_the_same_shapes_once_per_process(monkeypatch):
+def test_tune_times_weights_of_the_same_shapes_once_per_process(no_panels, monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
     monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)
@@ -345,7 +354,7 @@ def test_tune_keeps_torch_off_cpu_float32_and_obeys_the_environment(monkeypatch)
         kernels.tune(model, torch.device("cpu"), torch.float32)
 
 
-def test_the_reason_warns_when_openmp_threads_spin(monkeypatch):
+def test_the_reason_warns_when_openmp_threads_spin(no_panels, monkeypatch):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     monkeypatch.setattr(kernels, "_TIMED", {})
     monkeypatch.setattr(kernels, "PACK_MIN_WIDTH", 32)  # timed: the warning is about timings

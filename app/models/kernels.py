@@ -1,31 +1,36 @@
-"""The matrix product behind ``nn.Linear`` on CPU: torch's default, the same product transposed,
-or oneDNN's with the weight packed.
+"""The matrix product behind ``nn.Linear`` on CPU: our own panel product, torch's default, the
+same product transposed, or oneDNN's with the weight packed.
 
-``nn.Linear`` computes ``x @ W.T``. With the MKL build of torch on some CPUs (measured on an AMD
-EPYC: docs/performance.md) that call with 2-24 rows costs 2-3x what one row costs, so batching
-side-by-side runs, strength sweeps or concurrent users buys little, though each decoding step
-should cost what reading the weights costs whatever the rows. Two other forms do better there:
+``nn.Linear`` computes ``x @ W.T``. A decoding step multiplies one row (or a few: side by side, a
+sweep, a class) by every weight, so it should cost what reading the weights costs. The forms:
 
+    panels      our product (:mod:`app.models.panels`, C compiled on this machine): the weight in
+                panels of 16 outputs, each read once per 6 rows, at close to memory speed for a
+                decoding step (0.72x oneDNN's packed step on Qwen 0.5B: docs/performance.md); a
+                row's result is the same bits whatever else is in the batch, on any thread count
     transposed  ``(W @ x.T).T``, another MKL path (a single row is computed as two)
     packed      the weight reordered once into oneDNN's blocked layout (``PackedLinear``): 2 rows
                 cost about what one does, 16-24 rows about half what torch's kernel takes, and a
                 row's result is the same bits whatever else is in the batch
 
-A model narrower than ``PACK_MIN_WIDTH`` gets the packed form by rule, its products of up to
-``ONE_THREAD_ROWS`` rows computed on one thread (:func:`one_thread`): so small a product costs less
-than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times every form
-on the model's own weights at load (once per process for weights of the same shapes), in
-back-to-back passes whose ratios are compared by their median, so a busy machine and a quiet one
-make the same choice, and switches the model's linear layers: to the packed form unless it is
-slower overall, else to the transposed form when that is clearly faster (:func:`decide`). The
-output layer, many times taller than wide, is packed whatever the others use
-(:func:`packs_output`). The switch
+On a CPU with float32 weights every linear layer, the output layer included, gets the panel product
+by rule when it can be compiled and loaded here (:func:`app.models.panels.unavailable_reason`),
+with products of a weight under ``PANEL_ONE_THREAD_BYTES`` and at most ``PANEL_ONE_THREAD_ROWS``
+rows on one thread. Otherwise the older rules hold: a model narrower than ``PACK_MIN_WIDTH`` gets
+the packed form by rule, its products of up to ``ONE_THREAD_ROWS`` rows computed on one thread
+(:func:`one_thread`): so small a product costs less than waking a second, sleeping OpenMP thread
+does. For a wider model :func:`tune` times torch's, the transposed and the packed form on the
+model's own weights at load (once per process for weights of the same shapes), in back-to-back
+passes whose ratios are compared by their median, so a busy machine and a quiet one make the same
+choice, and switches the model's linear layers: to the packed form unless it is slower overall,
+else to the transposed form when that is clearly faster (:func:`decide`). The output layer, many
+times taller than wide, is packed whatever the others use (:func:`packs_output`). The switch
 changes how the product runs, not what it computes: the same modules and hooks; ``transposed``
-keeps the very parameters, ``packed`` replaces each weight by its packed copy (same values,
-exactly recovered by :func:`restore`; memory unchanged), except a weight another module reads in
-torch's layout (a tied output layer), which keeps its parameter and gets a packed copy beside it
-(memory: the copy's size). ``STEERING_LAB_LINEAR=torch|transposed|packed`` overrides the choice
-(for every layer, the output layer included).
+keeps the very parameters, ``packed`` and ``panels`` replace each weight by its rearranged copy
+(same values, exactly recovered by :func:`restore`; memory unchanged), except a weight another
+module reads in torch's layout (a tied output layer), which keeps its parameter and gets a copy
+beside it (memory: the copy's size). ``STEERING_LAB_LINEAR=torch|transposed|packed|panels``
+overrides the choice (for every layer, the output layer included).
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
+from app.models import panels
+
 log = logging.getLogger(__name__)
 
-Kernel = Literal["torch", "transposed", "packed"]
-KERNELS: tuple[Kernel, ...] = ("torch", "transposed", "packed")
+Kernel = Literal["torch", "transposed", "packed", "panels"]
+KERNELS: tuple[Kernel, ...] = ("torch", "transposed", "packed", "panels")
 ENV_VAR = "STEERING_LAB_LINEAR"
 TUNE_ROWS = (1, 2, 16, 64)  # one decoding row, a side-by-side pair, a sweep or a class, a prompt
 TUNE_BYTES = 96 * 2**20  # weights timed per pass: about 3x a large L3 cache, so memory speed counts
@@ -59,6 +66,8 @@ ONE_THREAD_ROWS = 32  # ... with products of up to this many rows on one thread
 PACK_ROWS_HINT = 16  # oneDNN lays the packed weight out for about this many rows
 OUTPUT_MIN_ASPECT = 8  # an output layer at least this many times taller than wide is packed by rule
 TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
+PANEL_ONE_THREAD_BYTES = 4 * 2**20  # a panel product of a smaller weight (Qwen 0.5B's attention: 3.1 MiB) ...
+PANEL_ONE_THREAD_ROWS = 4  # ... and at most this many rows runs on one thread (docs/performance.md)
 
 # Timings already taken in this process, by the sampled weights' shapes and the thread count: a
 # model loaded again (tests, the model switcher, the benchmark) keeps its choice, untimed.
@@ -109,6 +118,36 @@ class PackedCopyLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_product(x, self.packed_weight, self.bias)
+
+
+class PanelLinear(nn.Linear):
+    """``nn.Linear`` whose weight is held in panels (:func:`app.models.panels.to_panels`: same values,
+    shape [ceil(out / 16), in, 16]) and multiplied by the compiled panel product. Each row's result
+    does not depend on the other rows in the batch nor on the thread count. Inference only."""
+
+    dense_requires_grad: bool
+    one_thread_rows: int = 0  # products of up to this many rows run on one thread
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _panel_forward(self, x, self.weight)
+
+
+class PanelCopyLinear(nn.Linear):
+    """``nn.Linear`` computed from a panel copy of its weight, for a weight another module reads in
+    torch's layout (a tied output layer): the parameter stays as it is, the copy costs its size in
+    memory and is made once (inference only: call :func:`use` again after changing the weight)."""
+
+    panel_weight: torch.Tensor
+    one_thread_rows: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _panel_forward(self, x, self.panel_weight)
+
+
+def _panel_forward(module: nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // module.in_features
+    threads = 1 if rows <= getattr(module, "one_thread_rows", 0) else torch.get_num_threads()
+    return panels.product(x, weight, module.bias, module.out_features, threads)
 
 
 def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -180,10 +219,17 @@ def use(model: nn.Module, kernel: Kernel, pack_output: bool = False) -> int:
     the input embedding reads) a packed copy (:class:`PackedCopyLinear`): the embedding cannot read
     a packed weight. On a model narrower than ``PACK_MIN_WIDTH`` the packed layers other than the
     output layer compute products of up to ``ONE_THREAD_ROWS`` rows on one thread (the output layer,
-    tens of MiB, is 1.5-2x slower so). ``pack_output``: the output layer is packed whatever
-    ``kernel`` the others use (:func:`packs_output`)."""
+    tens of MiB, is 1.5-2x slower so). ``panels`` likewise gives a shared weight a panel copy
+    (:class:`PanelCopyLinear`), and runs products of a weight under ``PANEL_ONE_THREAD_BYTES`` with
+    up to ``PANEL_ONE_THREAD_ROWS`` rows on one thread. ``pack_output``: the output layer is packed
+    whatever ``kernel`` the others use (:func:`packs_output`).
+
+    Raises:
+        ValueError: an unknown kernel, or ``panels`` where the panel product cannot run (why)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+    if kernel == "panels" and (missing := panels.unavailable_reason()):
+        raise ValueError(f"the panel product cannot run here: {missing}")
     restore(model)
     output = _output_layer(model)
     linears = [m for m in _plain_linears(model) if not (pack_output and m is output)]
@@ -194,6 +240,8 @@ def use(model: nn.Module, kernel: Kernel, pack_output: bool = False) -> int:
         for module in linears:
             module.__class__ = TransposedLinear  # same object, parameters and hooks: only forward differs
         return changed + len(linears)
+    if kernel == "panels":
+        return changed + _to_panels(model, linears)
     one_thread_rows = ONE_THREAD_ROWS if model_width(model) < PACK_MIN_WIDTH else 0
     decoder = [m for m in linears if m is not output]
     return changed + _pack(model, decoder, one_thread_rows) + _pack(model, [m for m in linears if m is output])
@@ -216,10 +264,30 @@ def _pack(model: nn.Module, linears: list[nn.Linear], one_thread_rows: int = 0) 
     return len(linears)
 
 
+def _to_panels(model: nn.Module, linears: list[nn.Linear]) -> int:
+    shared = _shared_parameters(model)
+    for module in linears:
+        weight_bytes = module.weight.numel() * module.weight.element_size()
+        one_thread_rows = PANEL_ONE_THREAD_ROWS if weight_bytes < PANEL_ONE_THREAD_BYTES else 0
+        if id(module.weight) in shared:
+            module.__class__ = PanelCopyLinear
+            copy = cast(PanelCopyLinear, module)
+            copy.panel_weight = panels.to_panels(module.weight)  # not a parameter: no state_dict key
+            copy.one_thread_rows = one_thread_rows
+            continue
+        trainable = module.weight.requires_grad
+        module.weight = nn.Parameter(panels.to_panels(module.weight), requires_grad=False)
+        module.__class__ = PanelLinear
+        panel = cast(PanelLinear, module)
+        panel.dense_requires_grad = trainable
+        panel.one_thread_rows = one_thread_rows
+    return len(linears)
+
+
 def _output_layer(model: nn.Module) -> nn.Linear | None:
     get = getattr(model, "get_output_embeddings", None)
     output = get() if callable(get) else None
-    ours = (nn.Linear, TransposedLinear, PackedLinear, PackedCopyLinear)
+    ours = (nn.Linear, TransposedLinear, PackedLinear, PackedCopyLinear, PanelLinear, PanelCopyLinear)
     return cast(nn.Linear, output) if type(output) in ours else None  # not another library's Linear subclass
 
 
@@ -234,8 +302,19 @@ def packs_output(model: nn.Module) -> bool:
 
 
 def packed_copy_bytes(model: nn.Module) -> int:
-    """Memory the packed copies of shared weights take (:class:`PackedCopyLinear`)."""
-    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if type(m) is PackedCopyLinear)
+    """Memory the packed or panel copies of shared weights take (:class:`PackedCopyLinear`, :class:`PanelCopyLinear`)."""
+    copies = [m for m in model.modules() if type(m) in (PackedCopyLinear, PanelCopyLinear)]
+    return sum(cast(nn.Linear, m).weight.numel() * cast(nn.Linear, m).weight.element_size() for m in copies)
+
+
+def dense_parameter(model: nn.Module, parameter: torch.Tensor) -> torch.Tensor:
+    """``parameter`` of ``model`` in torch's layout, whatever kernel its layer uses."""
+    if parameter.is_mkldnn:  # a packed weight
+        return parameter.to_dense()
+    for module in model.modules():
+        if type(module) is PanelLinear and module.weight is parameter:
+            return panels.from_panels(parameter.detach(), module.out_features)
+    return parameter
 
 
 def restore(model: nn.Module) -> int:
@@ -246,8 +325,16 @@ def restore(model: nn.Module) -> int:
             trainable = getattr(module, "dense_requires_grad", True)
             module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=trainable)
             module.__dict__.pop("one_thread_rows", None)
+        elif type(module) is PanelLinear:
+            trainable = getattr(module, "dense_requires_grad", True)
+            dense = panels.from_panels(module.weight.detach(), module.out_features)
+            module.weight = nn.Parameter(dense, requires_grad=trainable)
+            module.__dict__.pop("one_thread_rows", None)
         elif type(module) is PackedCopyLinear:
             del module.packed_weight
+        elif type(module) is PanelCopyLinear:
+            del module.panel_weight
+            module.__dict__.pop("one_thread_rows", None)
         elif type(module) is not TransposedLinear:
             continue
         module.__class__ = nn.Linear  # type: ignore[assignment]
@@ -393,6 +480,7 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
     """Choose the kernel for ``model`` (already on ``device``) and switch to it."""
     restore(model)  # its width, and timings, in torch's layout
     forced = os.environ.get(ENV_VAR, "").strip().lower()
+    missing: str | None = None
     if forced and forced != "auto":
         if forced not in KERNELS:
             raise ValueError(f"{ENV_VAR}={forced!r} is not a linear kernel: use auto, {', '.join(KERNELS)}")
@@ -401,6 +489,13 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
         choice = KernelChoice("torch", f"torch's kernels are used on {device.type} with {dtype}")
     elif not _plain_linears(model):
         choice = KernelChoice("torch", "the model has no nn.Linear layers")
+    elif (missing := panels.unavailable_reason()) is None:
+        choice = KernelChoice(
+            "panels",
+            "by rule on a CPU with float32 weights, for every linear layer: each weight read once per 6 rows;"
+            f" weights under {PANEL_ONE_THREAD_BYTES // 2**20} MiB on one thread up to {PANEL_ONE_THREAD_ROWS} rows"
+            " (docs/performance.md)",
+        )
     elif (width := model_width(model)) < PACK_MIN_WIDTH and packing_available():
         choice = KernelChoice(
             "packed",
@@ -432,6 +527,8 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
             seconds,
             output_packed=packing_available() and packs_output(model),
         )
+    if missing:
+        choice.reason += f"; not the panel product: {missing}"
     output = _output_layer(model) if choice.output_packed else None
     use(model, choice.kernel, pack_output=choice.output_packed)
     choice.one_thread_rows = max((m.one_thread_rows for m in model.modules() if type(m) is PackedLinear), default=0)

@@ -99,7 +99,7 @@ def fingerprint(model_id: str, model: PreTrainedModel) -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = [p for _, p in model.named_parameters() if p.device.type != "meta"]  # not offloaded
     for tensor in (params[0], params[len(params) // 2], params[-1]):
-        dense = tensor.to_dense() if tensor.is_mkldnn else tensor  # a packed weight (app.models.kernels)
+        dense = kernels.dense_parameter(model, tensor)  # a packed or panel weight in torch's layout
         piece = dense.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16)
         digest.update(piece.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -131,7 +131,7 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     first: torch.device = model.get_input_embeddings().weight.device  # type: ignore[assignment]
-    model_print = fingerprint(resolved.model_id, model)  # before packing: no packed weight to unpack for it
+    model_print = fingerprint(resolved.model_id, model)  # before packing: no weight to put back in torch's layout
     kernel = kernels.tune(model, first, dtype)
     loaded = LoadedModel(
         model_id=resolved.model_id,
