@@ -33,6 +33,7 @@ def test_loaded_as_the_contract_says(loaded):
     prompt = loaded.format_prompt("Hello")
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
     assert "smollm2-135m-instruct" in loaded.reason
+    assert loaded.model.config._attn_implementation == "steering_lab_sdpa"  # a row's bits do not depend on its batch
 
 
 def test_fingerprint_is_stable_and_depends_on_the_weights(loaded):

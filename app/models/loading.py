@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from app.models import kernels, registry
+from app.models import attention, kernels, registry
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
     first: torch.device = model.get_input_embeddings().weight.device  # type: ignore[assignment]
     model_print = fingerprint(resolved.model_id, model)  # before packing: no weight to put back in torch's layout
     kernel = kernels.tune(model, first, dtype)
+    if first.type == "cpu":  # where our products make a row's result independent of its batch
+        attention.install(model)
     loaded = LoadedModel(
         model_id=resolved.model_id,
         model=model,
