@@ -176,3 +176,16 @@ def test_a_failed_compile_is_one_line_and_leaves_nothing(fresh_build, monkeypatc
     assert panels.unavailable_reason() == "compiling panels.c failed: error: no vectors here"
     assert [p.name for p in fresh_build.glob("build/panels-*/*")] == []
     assert os.path.exists(compiler)
+
+
+def test_another_librarys_openmp_runtime_in_the_process_does_not_matter(fresh_build):
+    # scikit-learn (under umap, for the concept map) maps its own libgomp; ours still binds to torch's.
+    import sklearn.utils._openmp_helpers  # noqa: F401
+
+    assert panels.unavailable_reason() is None
+
+
+def test_a_library_bound_to_another_openmp_runtime_is_refused(two_threads):
+    other_runtime = type("Library", (), {"panel_max_threads": staticmethod(lambda: 2)})()  # ignores torch's count
+    with pytest.raises(panels.Unavailable, match="would not share torch's OpenMP runtime"):
+        panels._check_shared_runtime(other_runtime)

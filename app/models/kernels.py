@@ -35,15 +35,12 @@ overrides the choice (for every layer, the output layer included).
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -51,6 +48,7 @@ import torch
 from torch import nn
 
 from app.models import panels
+from app.models.threads import one_thread
 
 log = logging.getLogger(__name__)
 
@@ -153,45 +151,6 @@ def _panel_forward(module: nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> 
 def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W`` packed by :func:`pack`: oneDNN's inner product."""
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
-
-
-@functools.cache
-def _thread_count_setter() -> Callable[[int], None] | None:
-    """``omp_set_num_threads`` of the OpenMP runtime torch runs on, or None where it cannot be reached.
-
-    It sets the calling thread's count only. ``torch.set_num_threads`` also sets the count that every
-    thread started later takes up, so a server thread started while a product ran on one thread
-    would keep one thread for good."""
-    try:
-        setter = ctypes.CDLL(None).omp_set_num_threads
-    except (OSError, AttributeError, TypeError):  # no OpenMP symbols in the process (another platform's build)
-        return None
-    setter.argtypes, setter.restype = [ctypes.c_int], None
-    threads = torch.get_num_threads()
-    setter(1)
-    reached = torch.get_num_threads() == 1  # the runtime torch asks, not another library's copy
-    setter(threads)
-    return setter if reached else None
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch's CPU operations of this block, in the calling thread only, on one OpenMP thread.
-
-    OpenMP threads that sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``, set by
-    ``python -m app``) take about 150 µs to wake: more than a second thread saves on a product with a
-    weight of a few MiB and a few rows (docs/performance.md). oneDNN's product gives the same bits on
-    one thread as on two, so batched rows still equal their one-at-a-time runs."""
-    setter = _thread_count_setter()
-    threads = torch.get_num_threads()
-    if setter is None or threads == 1:
-        yield
-        return
-    setter(1)
-    try:
-        yield
-    finally:
-        setter(threads)
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:

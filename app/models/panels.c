@@ -13,6 +13,7 @@
  * Built by app/models/panels.py with the machine's C compiler (-O3 -march=native -fopenmp) and
  * loaded into the OpenMP runtime torch already uses.
  */
+#include <omp.h>
 #include <stddef.h>
 
 #define PANEL 16
@@ -74,3 +75,7 @@ void panel_product(const float *panels, const float *x, const float *bias, float
         }
     }
 }
+
+/* The calling thread's OpenMP thread count in the runtime this library is bound to:
+ * app/models/panels.py checks that it follows torch's, i.e. that both share one runtime. */
+int panel_max_threads(void) { return omp_get_max_threads(); }

@@ -4,9 +4,9 @@ per block of up to 6 rows, at close to the machine's memory speed for a decoding
 The C source is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
 this CPU (``-O3 -march=native -fopenmp``) into ``cache/build/panels-<key>/``, where ``<key>``
 covers the source, the compiler, the flags and the CPU, so a new machine or a changed source
-builds again (under a second) and everything else reuses it. The library shares the OpenMP
-runtime torch already loaded (same ``libgomp.so.1``), so there is one thread pool, and its wait
-policy (``OMP_WAIT_POLICY``) holds for both. Where any of that fails (no compiler, another
+builds again (under a second) and everything else reuses it. The library must share the OpenMP
+runtime torch already loaded (its ``libgomp.so.1`` resolves to torch's; checked at load), so there
+is one thread pool, and its wait policy (``OMP_WAIT_POLICY``) holds for both. Where any of that fails (no compiler, another
 platform, another OpenMP runtime), :func:`unavailable_reason` says why and
 :mod:`app.models.kernels` keeps oneDNN's packed product.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from app.models.threads import one_thread
 from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ SOURCE = Path(__file__).with_name("panels.c")
 PANEL = 16  # outputs per panel (PANEL in panels.c)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
-OPENMP_RUNTIMES = ("libgomp", "libiomp", "libomp")  # shared-object names of OpenMP runtimes
 
 
 class Unavailable(RuntimeError):
@@ -91,11 +91,18 @@ def _build(compiler: str, target: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _openmp_runtimes() -> set[str]:
-    """Files of the OpenMP runtimes mapped into this process (Linux)."""
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
-        paths = {line.split()[-1] for line in handle if "/" in line}
-    return {os.path.realpath(p) for p in paths if Path(p).name.startswith(OPENMP_RUNTIMES)}
+def _check_shared_runtime(library: ctypes.CDLL) -> None:
+    """Refuse a library bound to another OpenMP runtime than torch's: two thread pools would fight
+    over the cores. Its thread count must follow torch's, set for the calling thread only."""
+    probe = library.panel_max_threads
+    probe.argtypes, probe.restype = [], ctypes.c_int
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return  # products then run on the calling thread alone (threads=1 opens no parallel region)
+    with one_thread():
+        inside = probe()
+    if inside != 1 or probe() != threads:
+        raise Unavailable("it would not share torch's OpenMP runtime (its thread count does not follow torch's)")
 
 
 @functools.cache
@@ -106,8 +113,6 @@ def _load() -> Callable[..., None] | Unavailable:
             raise Unavailable(f"built and checked on Linux only (this is {platform.system()})")
         if not torch.backends.openmp.is_available():
             raise Unavailable("this torch is built without OpenMP")
-        torch.get_num_threads()  # torch's OpenMP runtime is loaded by now
-        before = _openmp_runtimes()
         compiler = _compiler()
         target = cache_dir() / "build" / f"panels-{_build_key(compiler)}" / "libpanels.so"
         if not target.exists():
@@ -117,9 +122,7 @@ def _load() -> Callable[..., None] | Unavailable:
             library = ctypes.CDLL(str(target))
         except OSError as error:
             raise Unavailable(f"cannot load {target}: {error}") from error
-        runtimes = _openmp_runtimes()
-        if len(runtimes) != 1 or runtimes != before:
-            raise Unavailable(f"it would not share torch's OpenMP runtime ({', '.join(sorted(runtimes)) or 'none'})")
+        _check_shared_runtime(library)
         product = library.panel_product
         product.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         product.restype = None
