@@ -16,6 +16,8 @@ step 0.85x as long; docs/performance.md). Its result does not depend on the thre
 
 from __future__ import annotations
 
+import weakref
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from app.models.kernels import one_thread
+from app.models.threads import one_thread
 
 NAME = "steering_lab_sdpa"
 ONE_THREAD_QUERIES = 4  # a decoding step's query rows ...
@@ -79,20 +81,50 @@ def attention(
     """transformers' sdpa attention, row by row for padded rows (module docstring)."""
     if attention_mask is None or attention_mask.dtype != torch.bool or query.shape[0] == 1:
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
-    q_length, keys = query.shape[2], key.shape[2]
-    pads = left_padding(attention_mask, q_length)
+    q_length = query.shape[2]
+    pads = _padding_of(attention_mask, q_length)
     if not any(pads):  # no row padded (or none recognisably): one call, as before
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
+    small = q_length <= ONE_THREAD_QUERIES and key[:1].numel() <= ONE_THREAD_ELEMENTS
+    with one_thread() if small else nullcontext():  # once for the rows, not once a row
+        return _row_by_row(module, query, key, value, attention_mask, pads, **kwargs), None
+
+
+def _padding_of(mask: torch.Tensor, q_length: int) -> list[int | None]:
+    """:func:`left_padding`, once per mask: every layer of a forward pass gets the same mask object."""
+    global _last
+    seen = _last
+    if seen is not None and seen[0]() is mask and seen[1] == q_length:
+        return seen[2]
+    pads = left_padding(mask, q_length)
+    _last = (weakref.ref(mask), q_length, pads)  # one assignment: safe for concurrent readers
+    return pads
+
+
+_last: tuple[weakref.ref[torch.Tensor], int, list[int | None]] | None = None
+
+
+def _row_by_row(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pads: list[int | None],
+    **kwargs: Any,
+) -> torch.Tensor:
+    q_length, keys = query.shape[2], key.shape[2]
     rows = []
     for row, pad in enumerate(pads):
         here = slice(row, row + 1)
         skipped = max(0, (pad or 0) - (keys - q_length))  # queries that are padding themselves
         alone = pad is not None and (q_length == 1 or keys - pad == q_length - skipped)
         if alone:  # the call this row makes alone: its own keys, no mask
-            out, _ = _sdpa(module, query[here, :, skipped:], key[here, :, pad:], value[here, :, pad:], None, **kwargs)
+            args = (query[here, :, skipped:], key[here, :, pad:], value[here, :, pad:], None)
+            out, _ = sdpa_attention_forward(module, *args, **kwargs)
             if skipped:
                 out = torch.cat([out.new_zeros(1, skipped, *out.shape[2:]), out], dim=1)
         else:
-            out, _ = _sdpa(module, query[here], key[here], value[here], attention_mask[here], **kwargs)
+            out, _ = sdpa_attention_forward(module, query[here], key[here], value[here], attention_mask[here], **kwargs)
         rows.append(out)
-    return torch.cat(rows), None
+    return torch.cat(rows)
