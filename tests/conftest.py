@@ -89,6 +89,15 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture
+def two_threads():
+    """torch on two threads, as on the 2-core machines the lab is measured on, whatever this one has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_llama() -> torch.nn.Module:
     return make_tiny_model("llama")
 

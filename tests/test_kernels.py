@@ -52,15 +52,6 @@ def test_one_row_equals_that_row_in_a_batch_of_two():
     assert torch.equal(layer(x[:1]), layer(torch.cat([x[:1], x[:1]]))[:1])
 
 
-@pytest.fixture
-def two_threads():
-    """torch on two threads, as on the 2-core machines the lab is measured on, whatever this one has."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("width", [896, 576])  # 576: narrower than PACK_MIN_WIDTH, up to 32 rows on one thread
 def test_a_packed_rows_result_does_not_depend_on_the_other_rows(width, two_threads):
     # What makes batched generation equal one-at-a-time: row i's product is the same bits in any batch,

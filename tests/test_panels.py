@@ -20,14 +20,6 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
     """The panel library looked for (and built) again, in an empty cache; the process's own afterwards."""
     monkeypatch.setenv("STEERING_LAB_CACHE", str(tmp_path))
