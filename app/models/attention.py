@@ -42,6 +42,11 @@ def install(model: PreTrainedModel) -> bool:
     return bool(model.config._attn_implementation == NAME)
 
 
+def _small(queries: int, key_elements: int) -> bool:
+    """Attention small enough that waking a second OpenMP thread costs more than it saves."""
+    return queries <= ONE_THREAD_QUERIES and key_elements <= ONE_THREAD_ELEMENTS
+
+
 def _sdpa(
     module: nn.Module,
     query: torch.Tensor,
@@ -50,7 +55,7 @@ def _sdpa(
     mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    if query.shape[2] <= ONE_THREAD_QUERIES and key.numel() <= ONE_THREAD_ELEMENTS:
+    if _small(query.shape[2], key.numel()):
         with one_thread():
             return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
@@ -85,8 +90,7 @@ def attention(
     pads = _padding_of(attention_mask, q_length)
     if not any(pads):  # no row padded (or none recognisably): one call, as before
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
-    small = q_length <= ONE_THREAD_QUERIES and key[:1].numel() <= ONE_THREAD_ELEMENTS
-    with one_thread() if small else nullcontext():  # once for the rows, not once a row
+    with one_thread() if _small(q_length, key[:1].numel()) else nullcontext():  # once for the rows, not once a row
         return _row_by_row(module, query, key, value, attention_mask, pads, **kwargs), None
 
 

@@ -6,7 +6,7 @@ sweep, a class) by every weight, so it should cost what reading the weights cost
 
     panels      our product (:mod:`app.models.panels`, C compiled on this machine): the weight in
                 panels of 16 outputs, each read once per 6 rows, at close to memory speed for a
-                decoding step (0.72x oneDNN's packed step on Qwen 0.5B: docs/performance.md); a
+                decoding step (0.75x oneDNN's packed step on Qwen 0.5B: docs/performance.md); a
                 row's result is the same bits whatever else is in the batch, on any thread count
     transposed  ``(W @ x.T).T``, another MKL path (a single row is computed as two)
     packed      the weight reordered once into oneDNN's blocked layout (``PackedLinear``): 2 rows
