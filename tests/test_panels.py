@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from torch import nn
 from app.models import kernels, panels
 from app.models.kernels import PanelCopyLinear, PanelLinear
 from app.models.loading import fingerprint
+from app.models.threads import one_thread
 from tests.conftest import make_tiny_model
 
 pytestmark = pytest.mark.skipif(
@@ -93,20 +98,18 @@ def test_use_panels_keeps_modules_hooks_values_and_the_tie():
 
     assert kernels.restore(model) == n_linear
     assert not any(type(m) in (PanelLinear, PanelCopyLinear) for m in model.modules())
-    assert not hasattr(model.lm_head, "panel_weight") and "one_thread_rows" not in vars(down)
+    assert not hasattr(model.lm_head, "panel_weight")
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_tune_chooses_panels_by_rule_with_small_products_on_one_thread(monkeypatch, two_threads):
+def test_tune_chooses_panels_by_rule_on_torchs_thread_count(monkeypatch, two_threads):
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    monkeypatch.setattr(kernels, "PANEL_ONE_THREAD_BYTES", 8192)
     model = make_tiny_model("llama")
-    small, large = model.model.layers[0].self_attn.q_proj, model.lm_head  # 32 x 32 and 128 x 32 float32: 4 and 16 KiB
+    small, large = model.model.layers[0].self_attn.q_proj, model.lm_head
     choice = kernels.tune(model, torch.device("cpu"), torch.float32)
     assert (choice.kernel, choice.summary, choice.seconds, choice.output_packed) == ("panels", "panels", {}, False)
     assert choice.reason.startswith("by rule on a CPU with float32 weights, for every linear layer")
     assert all(type(m) is not nn.Linear for m in model.modules())
-    assert (small.one_thread_rows, large.one_thread_rows) == (kernels.PANEL_ONE_THREAD_ROWS, 0)
     seen: list[tuple[int, int]] = []
     product = panels.product
 
@@ -118,8 +121,9 @@ def test_tune_chooses_panels_by_rule_with_small_products_on_one_thread(monkeypat
     with torch.inference_mode():
         for module in (small, large):
             module(torch.randn(1, 4, module.in_features))
-            module(torch.randn(5, module.in_features))
-    assert seen == [(4, 1), (5, 2), (4, 2), (5, 2)]
+            with one_thread():
+                module(torch.randn(5, module.in_features))
+    assert seen == [(4, 2), (5, 1), (4, 2), (5, 1)]
 
 
 def test_tune_uses_panels_only_on_a_cpu_with_float32(monkeypatch):
@@ -168,14 +172,66 @@ def test_a_failed_compile_is_one_line_and_leaves_nothing(fresh_build, monkeypatc
     assert [p.name for p in fresh_build.glob("build/panels-*/*")] == []
 
 
-def test_another_librarys_openmp_runtime_in_the_process_does_not_matter(fresh_build):
-    # scikit-learn (under umap, for the concept map) maps its own libgomp; ours still binds to torch's.
-    import sklearn.utils._openmp_helpers  # noqa: F401
+def _helpers_join_within(seconds: float, product: Callable[[], object]) -> bool:
+    """Repeat ``product`` until a helper thread has computed a panel of it: an event, not a timing."""
+    before, deadline = panels.panels_by_helpers(), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        product()
+        if panels.panels_by_helpers() > before:
+            return True
+    return False
 
-    assert panels.unavailable_reason() is None
+
+def _wide_product(threads: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    weight, x = torch.randn(1024, 512), torch.randn(3, 512)
+    return panels.product(x, panels.to_panels(weight), None, 1024, threads)
 
 
-def test_a_library_bound_to_another_openmp_runtime_is_refused(two_threads):
-    other_runtime = type("Library", (), {"panel_max_threads": staticmethod(lambda: 2)})()  # ignores torch's count
-    with pytest.raises(panels.Unavailable, match="would not share torch's OpenMP runtime"):
-        panels._check_shared_runtime(other_runtime)
+def test_helpers_share_the_work_and_give_the_same_bits(two_threads):
+    alone = _wide_product(1)
+    assert _helpers_join_within(120, lambda: _wide_product(2))
+    assert 1 <= panels.helpers_started() <= 63  # one per thread beyond the caller's, started once
+    started = panels.helpers_started()
+    for _ in range(5):
+        assert torch.equal(_wide_product(2), alone)
+    assert panels.helpers_started() == started
+
+
+def test_sleeping_helpers_wake_for_a_product(two_threads):
+    panels.set_helper_spin_us(0)  # every helper sleeps the moment it is idle
+    try:
+        assert _helpers_join_within(120, lambda: _wide_product(2))
+        assert torch.equal(_wide_product(2), _wide_product(1))
+    finally:
+        panels.set_helper_spin_us(panels.HELPER_SPIN_US)
+
+
+def test_products_from_several_threads_at_once_are_exact(two_threads):
+    # One product at a time has the helpers; the others run on their own calling thread.
+    torch.manual_seed(0)
+    weight, bias = torch.randn(300, 64), torch.randn(300)
+    laid_out = panels.to_panels(weight)
+    inputs = [torch.randn(rows, 64) for rows in (1, 2, 3, 7, 13)]
+    expected = [panels.product(x, laid_out, bias, 300, 1) for x in inputs]
+
+    def worker(_: int) -> bool:
+        return all(
+            torch.equal(panels.product(x, laid_out, bias, 300, 2), want)
+            for _ in range(40)
+            for x, want in zip(inputs, expected)
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(worker, range(4))) == [True] * 4
+
+
+def _in_a_forked_child() -> tuple[bool, bool]:
+    torch.set_num_threads(1)  # torch's own OpenMP threads do not survive a fork; ours are started again
+    return _helpers_join_within(120, lambda: _wide_product(2)), torch.equal(_wide_product(2), _wide_product(1))
+
+
+def test_a_forked_child_starts_helpers_of_its_own(two_threads):
+    assert _helpers_join_within(120, lambda: _wide_product(2))  # the parent's helpers run; a child has none
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert pool.submit(_in_a_forked_child).result(timeout=300) == (True, True)

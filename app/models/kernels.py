@@ -15,8 +15,7 @@ sweep, a class) by every weight, so it should cost what reading the weights cost
 
 On a CPU with float32 weights every linear layer, the output layer included, gets the panel product
 by rule when it can be compiled and loaded here (:func:`app.models.panels.unavailable_reason`),
-with products of a weight under ``PANEL_ONE_THREAD_BYTES`` and at most ``PANEL_ONE_THREAD_ROWS``
-rows on one thread. Otherwise the older rules hold: a model narrower than ``PACK_MIN_WIDTH`` gets
+on the calling thread and the library's own helper threads. Otherwise the older rules hold: a model narrower than ``PACK_MIN_WIDTH`` gets
 the packed form by rule, its products of up to ``ONE_THREAD_ROWS`` rows computed on one thread
 (:func:`one_thread`): so small a product costs less than waking a second, sleeping OpenMP thread
 does. For a wider model :func:`tune` times torch's, the transposed and the packed form on the
@@ -64,8 +63,6 @@ ONE_THREAD_ROWS = 32  # ... with products of up to this many rows on one thread
 PACK_ROWS_HINT = 16  # oneDNN lays the packed weight out for about this many rows
 OUTPUT_MIN_ASPECT = 8  # an output layer at least this many times taller than wide is packed by rule
 TUNE_PAIRS = 5  # timed pairs per row count: the median ratio outvotes 2 disturbed pairs
-PANEL_ONE_THREAD_BYTES = 4 * 2**20  # a panel product of a smaller weight (Qwen 0.5B's attention: 3.1 MiB) ...
-PANEL_ONE_THREAD_ROWS = 4  # ... and at most this many rows runs on one thread (docs/performance.md)
 
 # Timings already taken in this process, by the sampled weights' shapes and the thread count: a
 # model loaded again (tests, the model switcher, the benchmark) keeps its choice, untimed.
@@ -124,10 +121,9 @@ class PanelLinear(nn.Linear):
     does not depend on the other rows in the batch nor on the thread count. Inference only."""
 
     dense_requires_grad: bool
-    one_thread_rows: int = 0  # products of up to this many rows run on one thread
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _panel_forward(self, x, self.weight)
+        return panels.product(x, self.weight, self.bias, self.out_features, torch.get_num_threads())
 
 
 class PanelCopyLinear(nn.Linear):
@@ -136,16 +132,9 @@ class PanelCopyLinear(nn.Linear):
     memory and is made once (inference only: call :func:`use` again after changing the weight)."""
 
     panel_weight: torch.Tensor
-    one_thread_rows: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _panel_forward(self, x, self.panel_weight)
-
-
-def _panel_forward(module: nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    rows = x.numel() // module.in_features
-    threads = 1 if rows <= getattr(module, "one_thread_rows", 0) else torch.get_num_threads()
-    return panels.product(x, weight, module.bias, module.out_features, threads)
+        return panels.product(x, self.panel_weight, self.bias, self.out_features, torch.get_num_threads())
 
 
 def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -179,8 +168,7 @@ def use(model: nn.Module, kernel: Kernel, pack_output: bool = False) -> int:
     a packed weight. On a model narrower than ``PACK_MIN_WIDTH`` the packed layers other than the
     output layer compute products of up to ``ONE_THREAD_ROWS`` rows on one thread (the output layer,
     tens of MiB, is 1.5-2x slower so). ``panels`` likewise gives a shared weight a panel copy
-    (:class:`PanelCopyLinear`), and runs products of a weight under ``PANEL_ONE_THREAD_BYTES`` with
-    up to ``PANEL_ONE_THREAD_ROWS`` rows on one thread. ``pack_output``: the output layer is packed
+    (:class:`PanelCopyLinear`). ``pack_output``: the output layer is packed
     whatever ``kernel`` the others use (:func:`packs_output`).
 
     Raises:
@@ -226,20 +214,15 @@ def _pack(model: nn.Module, linears: list[nn.Linear], one_thread_rows: int = 0) 
 def _to_panels(model: nn.Module, linears: list[nn.Linear]) -> int:
     shared = _shared_parameters(model)
     for module in linears:
-        weight_bytes = module.weight.numel() * module.weight.element_size()
-        one_thread_rows = PANEL_ONE_THREAD_ROWS if weight_bytes < PANEL_ONE_THREAD_BYTES else 0
         if id(module.weight) in shared:
             module.__class__ = PanelCopyLinear
-            copy = cast(PanelCopyLinear, module)
-            copy.panel_weight = panels.to_panels(module.weight)  # not a parameter: no state_dict key
-            copy.one_thread_rows = one_thread_rows
+            cast(PanelCopyLinear, module).panel_weight = panels.to_panels(module.weight)  # no state_dict key
             continue
         trainable = module.weight.requires_grad
         module.weight = nn.Parameter(panels.to_panels(module.weight), requires_grad=False)
         module.__class__ = PanelLinear
         panel = cast(PanelLinear, module)
         panel.dense_requires_grad = trainable
-        panel.one_thread_rows = one_thread_rows
     return len(linears)
 
 
@@ -451,9 +434,8 @@ def tune(model: nn.Module, device: torch.device, dtype: torch.dtype) -> KernelCh
     elif (missing := panels.unavailable_reason()) is None:
         choice = KernelChoice(
             "panels",
-            "by rule on a CPU with float32 weights, for every linear layer: each weight read once per 6 rows;"
-            f" weights under {PANEL_ONE_THREAD_BYTES // 2**20} MiB on one thread up to {PANEL_ONE_THREAD_ROWS} rows"
-            " (docs/performance.md)",
+            "by rule on a CPU with float32 weights, for every linear layer: each weight read once per 6 rows,"
+            " on this thread and helper threads that watch for products within a step (docs/performance.md)",
         )
     elif (width := model_width(model)) < PACK_MIN_WIDTH and packing_available():
         choice = KernelChoice(

@@ -10,11 +10,27 @@
  * accumulator lane, whatever the row count, the row's place in its block and the thread count: a
  * row's result is the same bits in any batch, on one thread or many (tests/test_kernels.py).
  *
- * Built by app/models/panels.py with the machine's C compiler (-O3 -march=native -fopenmp) and
- * loaded into the OpenMP runtime torch already uses.
+ * Threads: a step makes hundreds of products of 30-1000 us each, too short for a thread that sleeps
+ * between them (waking one costs 50-200 us) and too many for threads that spin all the time (on a
+ * busy machine those hold the cores other work needs). So the library keeps its own helper threads,
+ * started on first use. The calling thread posts a product and claims panels one at a time, as do
+ * the helpers that are awake; it never waits for a helper that has not joined, so a helper that is
+ * asleep or has lost its core costs nothing but its share of the work. A helper that finishes
+ * watches for the next product for `spin_ns` (pausing, and yielding its core to any runnable
+ * thread), then sleeps on a futex until a product wakes it.
+ *
+ * Built by app/models/panels.py with the machine's C compiler (-O3 -march=native -pthread).
  */
-#include <omp.h>
+#define _GNU_SOURCE
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define PANEL 16
 #define MAX_ROWS 6
@@ -59,23 +75,165 @@ ROWS(6)
 typedef void (*rows_fn)(const float *, const float *, long, const float *, float *, long, int);
 static const rows_fn ROWS_OF[MAX_ROWS + 1] = {0, rows_1, rows_2, rows_3, rows_4, rows_5, rows_6};
 
-/* y [rows, out] = x [rows, in] W^T + bias (bias may be NULL), on `threads` OpenMP threads. */
+/* One panel of the product, for all rows. */
+static void panel_all_rows(const float *panels, const float *x, const float *bias, float *y, long rows, long in,
+                           long out, long p)
+{
+    const float *panel = panels + (size_t)p * in * PANEL;
+    const float *panel_bias = bias ? bias + p * PANEL : NULL;
+    int valid = out - p * PANEL < PANEL ? (int)(out - p * PANEL) : PANEL;
+    for (long r = 0; r < rows; r += MAX_ROWS) {
+        int n = rows - r < MAX_ROWS ? (int)(rows - r) : MAX_ROWS;
+        ROWS_OF[n](panel, x + r * in, in, panel_bias, y + r * out + p * PANEL, out, valid);
+    }
+}
+
+#define MAX_HELPERS 63
+
+typedef struct {
+    const float *panels, *x, *bias;
+    float *y;
+    long rows, in, out, count;
+    int helpers; /* helpers with an index below this may join */
+} job_t;
+
+static struct {
+    pthread_mutex_t lock;       /* one product at a time uses the helpers; others run alone */
+    job_t job;                  /* written only while no helper is inside it (joined == 0) */
+    atomic_uint posted;         /* the number of the latest product (futex word) */
+    atomic_uint open;           /* the number of the product helpers may still join, 0 when closed */
+    atomic_int joined;          /* helpers inside the current product */
+    atomic_int sleepers;        /* helpers waiting on the futex */
+    atomic_long next;           /* the next panel to claim */
+    atomic_long spin_ns;        /* how long an idle helper watches before it sleeps */
+    atomic_long helped;         /* panels the helpers have computed */
+    int started;                /* helpers running */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .spin_ns = 200000};
+
+static inline void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static long claim_panels(const job_t *job)
+{
+    long p, done = 0;
+    for (; (p = atomic_fetch_add(&pool.next, 1)) < job->count; done++)
+        panel_all_rows(job->panels, job->x, job->bias, job->y, job->rows, job->in, job->out, p);
+    return done;
+}
+
+/* Wait until a product later than `seen` is posted: watch for spin_ns, then sleep. */
+static unsigned wait_for_product(unsigned seen)
+{
+    long until = now_ns() + atomic_load(&pool.spin_ns);
+    for (unsigned i = 1;; i++) {
+        unsigned posted = atomic_load(&pool.posted);
+        if (posted != seen)
+            return posted;
+        if (i % 64 == 0) {
+            if (now_ns() < until) {
+                sched_yield(); /* a runnable thread that needs this core gets it */
+                continue;
+            }
+            atomic_fetch_add(&pool.sleepers, 1);
+            syscall(SYS_futex, &pool.posted, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            until = now_ns() + atomic_load(&pool.spin_ns);
+        }
+        relax();
+    }
+}
+
+static void *helper(void *arg)
+{
+    int index = (int)(long)arg;
+    unsigned seen = 0;
+    for (;;) {
+        seen = wait_for_product(seen);
+        atomic_fetch_add(&pool.joined, 1);
+        if (atomic_load(&pool.open) == seen && index < pool.job.helpers)
+            atomic_fetch_add(&pool.helped, claim_panels(&pool.job));
+        atomic_fetch_sub(&pool.joined, 1);
+    }
+    return NULL;
+}
+
+/* In a child made by fork() the helpers do not exist: start afresh. */
+static void after_fork_in_child(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pool.started = 0;
+    atomic_store(&pool.joined, 0);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.open, 0);
+}
+
+static int start_helpers(int wanted)
+{
+    static int registered;
+    if (!registered)
+        registered = pthread_atfork(NULL, NULL, after_fork_in_child) == 0;
+    while (pool.started < wanted) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, helper, (void *)(long)pool.started);
+        pthread_attr_destroy(&attr);
+        if (failed)
+            break;
+        pool.started++;
+    }
+    return pool.started;
+}
+
+/* y [rows, out] = x [rows, in] W^T + bias (bias may be NULL), on the calling thread and up to
+ * threads - 1 helpers. */
 void panel_product(const float *panels, const float *x, const float *bias, float *y, long rows, long in, long out,
                    int threads)
 {
     long count = (out + PANEL - 1) / PANEL;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (long p = 0; p < count; p++) {
-        const float *panel = panels + (size_t)p * in * PANEL;
-        const float *panel_bias = bias ? bias + p * PANEL : NULL;
-        int valid = out - p * PANEL < PANEL ? (int)(out - p * PANEL) : PANEL;
-        for (long r = 0; r < rows; r += MAX_ROWS) {
-            int n = rows - r < MAX_ROWS ? (int)(rows - r) : MAX_ROWS;
-            ROWS_OF[n](panel, x + r * in, in, panel_bias, y + r * out + p * PANEL, out, valid);
-        }
+    int helpers = threads - 1 < MAX_HELPERS ? threads - 1 : MAX_HELPERS;
+    if (helpers < 1 || count < 2 || pthread_mutex_trylock(&pool.lock) != 0) {
+        for (long p = 0; p < count; p++)
+            panel_all_rows(panels, x, bias, y, rows, in, out, p);
+        return;
     }
+    helpers = start_helpers(helpers) < helpers ? pool.started : helpers;
+    pool.job = (job_t){panels, x, bias, y, rows, in, out, count, helpers};
+    atomic_store(&pool.next, 0);
+    unsigned number = atomic_load(&pool.posted) + 1;
+    if (number == 0)
+        number = 1; /* 0 means closed */
+    atomic_store(&pool.open, number);
+    atomic_store(&pool.posted, number);
+    if (atomic_load(&pool.sleepers) > 0)
+        syscall(SYS_futex, &pool.posted, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    claim_panels(&pool.job);
+    atomic_store(&pool.open, 0);
+    for (unsigned i = 1; atomic_load(&pool.joined) > 0; i++) /* a joined helper is at most one panel from done */
+        if (i % 64 == 0)
+            sched_yield();
+        else
+            relax();
+    pthread_mutex_unlock(&pool.lock);
 }
 
-/* The calling thread's OpenMP thread count in the runtime this library is bound to:
- * app/models/panels.py checks that it follows torch's, i.e. that both share one runtime. */
-int panel_max_threads(void) { return omp_get_max_threads(); }
+/* How long an idle helper watches for the next product before it sleeps, in nanoseconds. */
+void panel_set_spin_ns(long spin_ns) { atomic_store(&pool.spin_ns, spin_ns < 0 ? 0 : spin_ns); }
+
+/* Helper threads started so far in this process, and the panels they have computed (tests, the bench). */
+int panel_helpers(void) { return pool.started; }
+long panel_helped(void) { return atomic_load(&pool.helped); }

@@ -2,13 +2,19 @@
 per block of up to 6 rows, at close to the machine's memory speed for a decoding step's few rows.
 
 The C source is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
-this CPU (``-O3 -march=native -fopenmp``) into ``cache/build/panels-<key>/``, where ``<key>``
+this CPU (``-O3 -march=native -pthread``) into ``cache/build/panels-<key>/``, where ``<key>``
 covers the source, the compiler, the flags and the CPU, so a new machine or a changed source
-builds again (under a second) and everything else reuses it. The library must share the OpenMP
-runtime torch already loaded (its ``libgomp.so.1`` resolves to torch's; checked at load), so there
-is one thread pool, and its wait policy (``OMP_WAIT_POLICY``) holds for both. Where any of that fails (no compiler, another
-platform, another OpenMP runtime), :func:`unavailable_reason` says why and
-:mod:`app.models.kernels` keeps oneDNN's packed product.
+builds again (under a second) and everything else reuses it. Where that fails (no compiler,
+another platform), :func:`unavailable_reason` says why and :mod:`app.models.kernels` keeps
+oneDNN's packed product.
+
+A product runs on the calling thread and up to ``threads - 1`` helper threads of the library's
+own, started on first use. Helpers claim panels while the caller does, so the caller never waits
+for a helper that is asleep or has lost its core; an idle helper watches for the next product for
+``HELPER_SPIN_US`` (the gaps between a decoding step's products are shorter), then sleeps. OpenMP
+threads that sleep between products (``OMP_WAIT_POLICY=PASSIVE``, for busy machines) took longer
+to wake than a small product takes; OpenMP threads that spin all the time held the cores of a
+busy machine (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,20 +28,19 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from app.models.threads import one_thread
 from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("panels.c")
 PANEL = 16  # outputs per panel (PANEL in panels.c)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
+HELPER_SPIN_US = 200  # an idle helper thread watches this long for the next product, then sleeps
 
 
 class Unavailable(RuntimeError):
@@ -91,44 +96,52 @@ def _build(compiler: str, target: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _check_shared_runtime(library: ctypes.CDLL) -> None:
-    """Refuse a library bound to another OpenMP runtime than torch's: two thread pools would fight
-    over the cores. Its thread count must follow torch's, set for the calling thread only."""
-    probe = library.panel_max_threads
-    probe.argtypes, probe.restype = [], ctypes.c_int
-    threads = torch.get_num_threads()
-    if threads == 1:
-        return  # products then run on the calling thread alone (threads=1 opens no parallel region)
-    with one_thread():
-        inside = probe()
-    if inside != 1 or probe() != threads:
-        raise Unavailable("it would not share torch's OpenMP runtime (its thread count does not follow torch's)")
-
-
 @functools.cache
-def _load() -> Callable[..., None] | Unavailable:
-    """The compiled ``panel_product``, built if needed, or why it cannot be had (once per process)."""
+def _load() -> ctypes.CDLL | Unavailable:
+    """The compiled library, built if needed, or why it cannot be had (once per process)."""
     try:
         if platform.system() != "Linux":
             raise Unavailable(f"built and checked on Linux only (this is {platform.system()})")
-        if not torch.backends.openmp.is_available():
-            raise Unavailable("this torch is built without OpenMP")
         compiler = _compiler()
         target = cache_dir() / "build" / f"panels-{_build_key(compiler)}" / "libpanels.so"
         if not target.exists():
             _build(compiler, target)
             log.info("panel product compiled into %s", target)
         try:
-            library = ctypes.CDLL(str(target))
+            library = ctypes.CDLL(str(target))  # its calls release the GIL: other Python threads run on
         except OSError as error:
             raise Unavailable(f"cannot load {target}: {error}") from error
-        _check_shared_runtime(library)
-        product = library.panel_product
-        product.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-        product.restype = None
-        return product
+        library.panel_product.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        library.panel_product.restype = None
+        library.panel_set_spin_ns.argtypes, library.panel_set_spin_ns.restype = [ctypes.c_long], None
+        library.panel_helpers.argtypes, library.panel_helpers.restype = [], ctypes.c_int
+        library.panel_helped.argtypes, library.panel_helped.restype = [], ctypes.c_long
+        library.panel_set_spin_ns(HELPER_SPIN_US * 1000)
+        return library
     except Unavailable as reason:
         return reason
+
+
+def _library() -> ctypes.CDLL:
+    loaded = _load()
+    if isinstance(loaded, Unavailable):
+        raise loaded
+    return loaded
+
+
+def set_helper_spin_us(microseconds: int) -> None:
+    """How long an idle helper thread watches for the next product before it sleeps (0: at once)."""
+    _library().panel_set_spin_ns(max(0, microseconds) * 1000)
+
+
+def helpers_started() -> int:
+    """Helper threads the library has started in this process (they last as long as it does)."""
+    return int(_library().panel_helpers())
+
+
+def panels_by_helpers() -> int:
+    """Panels the helper threads have computed in this process, all products together."""
+    return int(_library().panel_helped())
 
 
 def unavailable_reason() -> str | None:
@@ -155,10 +168,8 @@ def from_panels(panels: torch.Tensor, out_features: int) -> torch.Tensor:
 def product(
     x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_features: int, threads: int
 ) -> torch.Tensor:
-    """``x @ W.T + bias`` for the weight ``W`` laid out as ``panels``, on ``threads`` OpenMP threads."""
-    loaded = _load()
-    if isinstance(loaded, Unavailable):
-        raise loaded
+    """``x @ W.T + bias`` for the weight ``W`` laid out as ``panels``, on this thread and ``threads - 1`` helpers."""
+    library = _library()
     width = panels.shape[1]
     rows = x.reshape(-1, width)
     if rows.dtype != torch.float32 or rows.device.type != "cpu" or (bias is not None and bias.dtype != torch.float32):
@@ -166,7 +177,7 @@ def product(
     rows = rows.contiguous()
     bias = None if bias is None else bias.contiguous()  # held here: the call reads it by address
     result = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    loaded(
+    library.panel_product(
         panels.data_ptr(),
         rows.data_ptr(),
         None if bias is None else bias.data_ptr(),
