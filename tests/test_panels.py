@@ -145,6 +145,14 @@ def test_the_library_is_built_once_into_the_cache(fresh_build):
     assert panels.unavailable_reason() is None and built[0].stat().st_mtime_ns == stamp
 
 
+def test_a_damaged_cached_library_is_built_again(fresh_build, caplog):
+    built = fresh_build / "build" / f"panels-{panels._build_key(panels._compiler())}" / "libpanels.so"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"not a shared library")  # left by an earlier process: a disk fault, a copy cut short
+    assert panels.unavailable_reason() is None
+    assert built.read_bytes()[:4] == b"\x7fELF" and "does not load" in caplog.text
+
+
 def test_without_a_compiler_the_older_rules_choose_and_say_why(fresh_build, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)

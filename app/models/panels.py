@@ -109,8 +109,13 @@ def _load() -> ctypes.CDLL | Unavailable:
             log.info("panel product compiled into %s", target)
         try:
             library = ctypes.CDLL(str(target))  # its calls release the GIL: other Python threads run on
-        except OSError as error:
-            raise Unavailable(f"cannot load {target}: {error}") from error
+        except OSError as damaged:  # a library left damaged on disk: built again, once
+            log.warning("the cached panel product %s does not load (%s); compiling it again", target, damaged)
+            _build(compiler, target)
+            try:
+                library = ctypes.CDLL(str(target))
+            except OSError as error:
+                raise Unavailable(f"cannot load {target}: {error}") from error
         library.panel_product.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         library.panel_product.restype = None
         library.panel_set_spin_ns.argtypes, library.panel_set_spin_ns.restype = [ctypes.c_long], None
