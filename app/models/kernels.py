@@ -15,10 +15,10 @@ sweep, a class) by every weight, so it should cost what reading the weights cost
 
 On a CPU with float32 weights every linear layer, the output layer included, gets the panel product
 by rule when it can be compiled and loaded here (:func:`app.models.panels.unavailable_reason`),
-on the calling thread and the library's own helper threads. Otherwise the older rules hold: a model narrower than ``PACK_MIN_WIDTH`` gets
-the packed form by rule, its products of up to ``ONE_THREAD_ROWS`` rows computed on one thread
-(:func:`one_thread`): so small a product costs less than waking a second, sleeping OpenMP thread
-does. For a wider model :func:`tune` times torch's, the transposed and the packed form on the
+on the calling thread and the library's own helper threads. Otherwise the older rules hold: a
+model narrower than ``PACK_MIN_WIDTH`` gets the packed form by rule, its products of up to
+``ONE_THREAD_ROWS`` rows computed on one thread (:func:`one_thread`): so small a product costs less
+than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times torch's, the transposed and the packed form on the
 model's own weights at load (once per process for weights of the same shapes), in back-to-back
 passes whose ratios are compared by their median, so a busy machine and a quiet one make the same
 choice, and switches the model's linear layers: to the packed form unless it is slower overall,

@@ -2,8 +2,9 @@
 
 OpenMP threads that sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``, set by
 ``python -m app``) take about 150 µs to wake: more than a second thread saves on small work (a
-product with a weight of a few MiB and a few rows, a decoding step's attention;
-docs/performance.md).
+decoding step's attention, oneDNN's packed product of a narrow model's few rows;
+docs/performance.md). The panel product, which has helper threads of its own, follows the same
+count: inside the block it runs on the calling thread alone.
 """
 
 from __future__ import annotations
