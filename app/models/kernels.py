@@ -18,18 +18,19 @@ by rule when it can be compiled and loaded here (:func:`app.models.panels.unavai
 on the calling thread and the library's own helper threads. Otherwise the older rules hold: a
 model narrower than ``PACK_MIN_WIDTH`` gets the packed form by rule, its products of up to
 ``ONE_THREAD_ROWS`` rows computed on one thread (:func:`one_thread`): so small a product costs less
-than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times torch's, the transposed and the packed form on the
-model's own weights at load (once per process for weights of the same shapes), in back-to-back
-passes whose ratios are compared by their median, so a busy machine and a quiet one make the same
-choice, and switches the model's linear layers: to the packed form unless it is slower overall,
-else to the transposed form when that is clearly faster (:func:`decide`). The output layer, many
-times taller than wide, is packed whatever the others use (:func:`packs_output`). The switch
-changes how the product runs, not what it computes: the same modules and hooks; ``transposed``
-keeps the very parameters, ``packed`` and ``panels`` replace each weight by its rearranged copy
-(same values, exactly recovered by :func:`restore`; memory unchanged), except a weight another
-module reads in torch's layout (a tied output layer), which keeps its parameter and gets a copy
-beside it (memory: the copy's size). ``STEERING_LAB_LINEAR=torch|transposed|packed|panels``
-overrides the choice (for every layer, the output layer included).
+than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times torch's,
+the transposed and the packed form on the model's own weights at load (once per process for
+weights of the same shapes), in back-to-back passes whose ratios are compared by their median, so
+a busy machine and a quiet one make the same choice, and switches the model's linear layers: to
+the packed form unless it is slower overall, else to the transposed form when that is clearly
+faster (:func:`decide`). The output layer, many times taller than wide, is packed whatever the
+others use (:func:`packs_output`). The switch changes how the product runs, not what it
+computes: the same modules and hooks; ``transposed`` keeps the very parameters, ``packed`` and
+``panels`` replace each weight by its rearranged copy (same values, exactly recovered by
+:func:`restore`; memory unchanged), except a weight another module reads in torch's layout (a tied
+output layer), which keeps its parameter and gets a copy beside it (memory: the copy's size).
+``STEERING_LAB_LINEAR=torch|transposed|packed|panels`` overrides the choice (for every layer, the
+output layer included).
 """
 
 from __future__ import annotations
@@ -271,12 +272,10 @@ def restore(model: nn.Module) -> int:
             trainable = getattr(module, "dense_requires_grad", True)
             dense = panels.from_panels(module.weight.detach(), module.out_features)
             module.weight = nn.Parameter(dense, requires_grad=trainable)
-            module.__dict__.pop("one_thread_rows", None)
         elif type(module) is PackedCopyLinear:
             del module.packed_weight
         elif type(module) is PanelCopyLinear:
             del module.panel_weight
-            module.__dict__.pop("one_thread_rows", None)
         elif type(module) is not TransposedLinear:
             continue
         module.__class__ = nn.Linear  # type: ignore[assignment]
