@@ -47,7 +47,7 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
-from app.models import panels
+from app.models import fusion, panels
 from app.models.threads import one_thread
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def _to_panels(model: nn.Module, linears: list[nn.Linear]) -> int:
         module.__class__ = PanelLinear
         panel = cast(PanelLinear, module)
         panel.dense_requires_grad = trainable
+    fusion.fuse(model)  # q, k, v (gate, up) as one product each where the architecture allows
     return len(linears)
 
 
@@ -262,6 +263,7 @@ def dense_parameter(model: nn.Module, parameter: torch.Tensor) -> torch.Tensor:
 
 def restore(model: nn.Module) -> int:
     """Undo :func:`use`: every layer back to ``nn.Linear`` with its weight in torch's layout."""
+    fusion.unfuse(model)
     changed = 0
     for module in list(model.modules()):
         if type(module) is PackedLinear:
