@@ -47,7 +47,7 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
-from app.models import fusion, panels
+from app.models import fusion, norms, panels
 from app.models.threads import one_thread
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ def _to_panels(model: nn.Module, linears: list[nn.Linear]) -> int:
         panel = cast(PanelLinear, module)
         panel.dense_requires_grad = trainable
     fusion.fuse(model)  # q, k, v (gate, up) as one product each where the architecture allows
+    norms.use(model)  # and the RMS norms from the same library
     return len(linears)
 
 
@@ -264,6 +265,7 @@ def dense_parameter(model: nn.Module, parameter: torch.Tensor) -> torch.Tensor:
 def restore(model: nn.Module) -> int:
     """Undo :func:`use`: every layer back to ``nn.Linear`` with its weight in torch's layout."""
     fusion.unfuse(model)
+    norms.restore(model)
     changed = 0
     for module in list(model.modules()):
         if type(module) is PackedLinear:

@@ -1,5 +1,7 @@
 """Our own CPU product for ``nn.Linear`` (``panels.c``): the weight in panels of 16 outputs, read once
 per block of up to 6 rows, at close to the machine's memory speed for a decoding step's few rows.
+The same library computes the RMS norm of Llama-family layers (:func:`rms_norm`, used by
+:mod:`app.models.norms`).
 
 The C source is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
 this CPU (``-O3 -march=native -pthread``) into ``cache/build/panels-<key>/``, where ``<key>``
@@ -82,7 +84,7 @@ def _build(compiler: str, target: Path) -> None:
     os.close(fd)
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S
+            [compiler, *FLAGS, str(SOURCE), "-lm", "-o", tmp], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S
         )
         if done.returncode != 0:
             first = next((line for line in done.stderr.splitlines() if line.strip()), f"exit {done.returncode}")
@@ -118,6 +120,8 @@ def _load() -> ctypes.CDLL | Unavailable:
                 raise Unavailable(f"cannot load {target}: {error}") from error
         library.panel_product.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         library.panel_product.restype = None
+        library.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_float]
+        library.rms_norm.restype = None
         library.panel_set_spin_ns.argtypes, library.panel_set_spin_ns.restype = [ctypes.c_long], None
         library.panel_helpers.argtypes, library.panel_helpers.restype = [], ctypes.c_int
         library.panel_helped.argtypes, library.panel_helped.restype = [], ctypes.c_long
@@ -193,3 +197,23 @@ def product(
         threads,
     )
     return result.reshape(*x.shape[:-1], out_features)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x ** 2) + eps)`` over the last dimension, each row on its own (float32 on the CPU)."""
+    library = _library()
+    if (
+        x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or x.device.type != "cpu"
+        or weight.device.type != "cpu"
+    ):
+        raise TypeError(f"the compiled RMS norm takes float32 on the CPU, not {x.dtype} on {x.device.type}")
+    width = weight.shape[-1]
+    if x.shape[-1] != width:
+        raise ValueError(f"the RMS norm's weight has {width} values for rows of {x.shape[-1]}")
+    rows = x.contiguous()
+    scale = weight.contiguous()  # held here: the call reads it by address
+    result = torch.empty_like(rows)
+    library.rms_norm(rows.data_ptr(), scale.data_ptr(), result.data_ptr(), rows.numel() // max(width, 1), width, eps)
+    return result

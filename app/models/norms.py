@@ -1,0 +1,77 @@
+"""RMS norms computed by the compiled library (:func:`app.models.panels.rms_norm`) instead of torch's ops.
+
+transformers writes a Llama-family RMS norm as seven tensor operations (cast, square, mean, add,
+reciprocal square root, two products); for one decoding row of 576-896 values each costs a few
+microseconds of dispatch, and a step runs 2 norms a layer plus the final one. The compiled norm is
+one call per norm: a SmolLM2 step took 43 ms instead of 47 (medians of 10 interleaved rounds on a
+noisy day; docs/performance.md).
+
+Its sum of squares runs in another order than torch's (in double, four fixed lanes), so a norm's
+result can differ from transformers' in the last bit of a float32; each row is computed on its
+own, so a row's result still does not depend on its batch. Only the norms written out in
+``NORMS`` are changed, only while their weight and input are float32 on the CPU; anything else
+runs transformers' own forward. Inference only, like the panel product beside it: the compiled
+norm has no backward, and it gives the same bits with gradients on or off. The module, its
+parameter and hooks stay as they are, and :func:`restore` puts the class back
+(:mod:`app.models.kernels` calls both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from app.models import panels
+
+# The norms whose forward is weight * (x * rsqrt(mean(x ** 2) + eps)) with ``variance_epsilon``.
+NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "Phi3RMSNorm")
+
+_compiled_classes: dict[type, type] = {}
+
+
+def use(model: nn.Module) -> int:
+    """Make the RMS norms of ``model`` listed in ``NORMS`` use the compiled norm; returns how many."""
+    changed = 0
+    for module in model.modules():
+        original = type(module)
+        if original.__name__ not in NORMS or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        if original not in _compiled_classes:
+            _compiled_classes[original] = type(
+                f"Compiled{original.__name__}", (CompiledRMSNorm, original), {"plain_class": original}
+            )
+        module.__class__ = _compiled_classes[original]
+        changed += 1
+    return changed
+
+
+def restore(model: nn.Module) -> int:
+    """Undo :func:`use`; returns how many norms went back to transformers' forward."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, CompiledRMSNorm):
+            module.__class__ = cast(type[CompiledRMSNorm], module.plain_class)
+            changed += 1
+    return changed
+
+
+class CompiledRMSNorm(nn.Module):
+    """An RMS norm whose forward is the compiled one where it can be (module docstring)."""
+
+    weight: torch.Tensor
+    variance_epsilon: float
+    plain_class: type[nn.Module]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        compiled = (
+            hidden_states.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and hidden_states.device.type == "cpu"
+            and weight.device.type == "cpu"
+        )
+        if not compiled:
+            return cast(torch.Tensor, cast(Any, self.plain_class).forward(self, hidden_states))
+        return panels.rms_norm(hidden_states, weight, self.variance_epsilon)
