@@ -108,21 +108,34 @@ def lab_text(lab, steers=()) -> str:
 
 def agreed_tokens(lab, result, theirs: str) -> int:
     """How many of the lab's tokens llama.cpp's text starts with; where it parts, it must have
-    taken a token the lab had within NEAR_TIE nats of its own best."""
+    taken a token the lab had within NEAR_TIE nats of its own best.
+
+    Texts can agree past the token where the two parted, when the lab's token is the start of
+    llama.cpp's (lab ' the', llama.cpp ' there'): such a near-tie at an earlier token counts
+    as the parting point too."""
     decode = lab.lm.tokenizer.decode
+    ids = result.token_ids
     agreed = 0
-    while agreed < len(result.token_ids) and theirs.startswith(decode(result.token_ids[: agreed + 1])):
+    while agreed < len(ids) and theirs.startswith(decode(ids[: agreed + 1])):
         agreed += 1
-    if agreed == len(result.token_ids):
+    if agreed == len(ids):
         return agreed
-    rest = theirs[len(decode(result.token_ids[:agreed])) :]
-    (best_id, best), *others = result.top_k[agreed]
-    close = [token for token, p in others if p > 0 and math.log(best / p) <= NEAR_TIE]
-    assert any(rest.startswith(decode([token])) for token in close), (
-        f"llama.cpp parts from the lab at token {agreed} where the lab was sure: lab {decode([best_id])!r}, "
-        f"runners-up within {NEAR_TIE} nats {[decode([t]) for t in close]}, llama.cpp {rest!r}"
+
+    def near_ties(position: int) -> list[str]:
+        (_, best), *others = result.top_k[position]
+        return [decode([token]) for token, p in others if p > 0 and math.log(best / p) <= NEAR_TIE]
+
+    rest = theirs[len(decode(ids[:agreed])) :]
+    if any(rest.startswith(text) for text in near_ties(agreed)):
+        return agreed
+    for position in range(agreed - 1, -1, -1):
+        ours, rest_there = decode([ids[position]]), theirs[len(decode(ids[:position])) :]
+        if any(text.startswith(ours) and text != ours and rest_there.startswith(text) for text in near_ties(position)):
+            return position
+    raise AssertionError(
+        f"llama.cpp parts from the lab at token {agreed} where the lab was sure: lab {decode([ids[agreed]])!r}, "
+        f"runners-up within {NEAR_TIE} nats {near_ties(agreed)}, llama.cpp {rest!r}"
     )
-    return agreed
 
 
 def first_change(result, baseline) -> int:
