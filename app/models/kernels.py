@@ -15,7 +15,9 @@ sweep, a class) by every weight, so it should cost what reading the weights cost
 
 On a CPU with float32 weights every linear layer, the output layer included, gets the panel product
 by rule when it can be compiled and loaded here (:func:`app.models.panels.unavailable_reason`),
-on the calling thread and the library's own helper threads. Otherwise the older rules hold: a
+on the calling thread and the library's own helper threads; a Llama-family layer's q, k and v (and
+gate and up) then make one product each, with the same bits (:mod:`app.models.fusion`), and its RMS
+norms run in the same library (:mod:`app.models.norms`). Otherwise the older rules hold: a
 model narrower than ``PACK_MIN_WIDTH`` gets the packed form by rule, its products of up to
 ``ONE_THREAD_ROWS`` rows computed on one thread (:func:`one_thread`): so small a product costs less
 than waking a second, sleeping OpenMP thread does. For a wider model :func:`tune` times torch's,
