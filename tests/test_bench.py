@@ -168,3 +168,29 @@ def test_the_llama_cpp_row_reads_the_gguf_that_set_up_kept(monkeypatch, tmp_path
     monkeypatch.setattr(roofline, "run_llama_bench", lambda binary, gguf, *rest: seen.append(gguf) or 40.0)
     roofline.measure_llama_cpp(report, "smollm2-135m-instruct", 10.0, 16, 2, 1)
     assert seen == [kept] and report.metrics[0].name == "llama_cpp_decode"
+
+
+def test_the_share_is_the_median_of_each_rounds_share(monkeypatch):
+    """Bandwidth and decoding are timed in turn; a round's decoding is divided by that round's bandwidth."""
+    from types import SimpleNamespace
+
+    from app.bench import roofline
+    from app.bench.common import BenchReport
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model("llama")
+    runner = SimpleNamespace(engine=SimpleNamespace(model=model), new_tokens=8)
+    sums = iter([1.0, 0.5, 0.25])  # seconds per 1 GiB read: 1, 2, 4 GiB/s
+    steps = iter([1.0, 1.0, 0.1])  # seconds per decoding step in the same rounds
+    monkeypatch.setattr(roofline, "BANDWIDTH_BYTES", 2**12)  # the buffer is not what is timed here
+    monkeypatch.setattr(roofline, "read_seconds", lambda buffer: next(sums) * 2**12 / 2**30)
+    monkeypatch.setattr(roofline, "paired_steps", lambda runner, steering, count: ([t := next(steps)], [t], 0.0))
+    report = BenchReport(model="tiny", machine={}, settings={})
+    decode = roofline.measure_share(report, runner, None, rounds=3, steps=4)
+    per_gib = roofline.weight_bytes_per_token(model) / 2**30  # a round's share: per_gib / step seconds / GiB/s
+    unsteered = report.metrics[0]
+    assert unsteered.name == "decode_unsteered_share_of_bandwidth_limit"
+    assert unsteered.ratio == pytest.approx(per_gib * 1.0)  # shares 1, 0.5 and 2.5 x per_gib: the median
+    assert unsteered.ours == pytest.approx(1.0) and decode == {"unsteered": 1.0, "steered": 1.0}
+    assert unsteered.reference == pytest.approx(2 / per_gib)  # the median limit, shown beside it
+    assert report.machine["read_bandwidth_gb_s"] == round(2 * 2**30 / 1e9, 2)

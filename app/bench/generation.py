@@ -109,7 +109,6 @@ def measure_generation(runner: Runner, vectors: list[SteeringVector], config: Be
     plain, one, mixed = (median(times[k]) for k in ("plain", "one", "mix"))
     steps = 2 * n
     spread = _spread(times["plain"])
-    decode: dict[str, float] = {}
     for name, steering, whole, what in (
         ("steering_overhead_one_layer", first, one, f"one concept at layer {first.steers[0].resolved_layers()[0]}"),
         (
@@ -121,8 +120,6 @@ def measure_generation(runner: Runner, vectors: list[SteeringVector], config: Be
     ):
         unsteered_s, steered_s, setup_s = paired_steps(runner, steering, steps)
         per_token = median(steered_s) - setup_s + setup_s / n  # a generation sets the hooks up once
-        if name.endswith("one_layer"):
-            decode = {"unsteered": 1 / median(unsteered_s), "steered": 1 / per_token}
         report.add(
             Metric(
                 name,
@@ -174,7 +171,6 @@ def measure_generation(runner: Runner, vectors: list[SteeringVector], config: Be
         "pair_s": pair,
         "sweep_s": median(batched["sweep"]),
         "first": first,
-        "decode_tokens_per_s": decode,
     }
 
 

@@ -82,12 +82,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         say("steering overhead, side by side, layer sweep")
         ours = generation.measure_generation(runner, vectors, config, report)
         say("decode speed against the memory-bandwidth limit, and llama.cpp")
-        roofline.measure_share(report, lab.lm.model, ours["decode_tokens_per_s"])
+        share_rounds = 3 if config.quick else roofline.SHARE_ROUNDS
+        decode = roofline.measure_share(report, runner, ours["first"], share_rounds)
         if config.device == "cpu":
             roofline.measure_llama_cpp(
                 report,
                 lab.lm.model_id,
-                ours["decode_tokens_per_s"]["unsteered"],
+                decode["unsteered"],
                 config.new_tokens,
                 threads,
                 1 if config.quick else 3,
