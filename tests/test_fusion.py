@@ -71,7 +71,7 @@ def test_projections_that_are_not_whole_panels_are_not_fused():
 
 def test_projections_keep_their_parameters_as_views_and_get_them_back_exactly():
     model = make_tiny_model("qwen2")
-    dense = {name: p.detach().clone() for name, p in model.named_parameters()}
+    dense = {name: p.detach().clone().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     kernels.use(model, "panels")
     block = model.model.layers[1].self_attn
     start = block.fused_weight.data_ptr()
@@ -82,6 +82,7 @@ def test_projections_keep_their_parameters_as_views_and_get_them_back_exactly():
     assert _fused_blocks(model) == []
     restored = dict(model.named_parameters())
     assert all(torch.equal(restored[name], value) for name, value in dense.items())
+    assert all(restored[name].requires_grad == value.requires_grad for name, value in dense.items())
 
 
 def test_a_hook_on_a_projection_is_called_and_its_change_kept():

@@ -73,7 +73,8 @@ def unfuse(model: nn.Module) -> int:
         for projection in block.fused_parts():
             projection.weight = nn.Parameter(projection.weight.detach().clone(), requires_grad=False)
             if projection.bias is not None:
-                projection.bias = nn.Parameter(projection.bias.detach().clone(), requires_grad=False)
+                bias = projection.bias
+                projection.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
         del block.fused_weight, block.fused_bias
         block.__class__ = cast(type[_Fused], block.unfused_class)
         undone += 1
@@ -107,8 +108,9 @@ def _fuse_block(block: nn.Module, projections: list[nn.Linear]) -> None:
     for projection in projections:
         count = projection.weight.shape[0]
         projection.weight = nn.Parameter(weight[start : start + count], requires_grad=False)
-        if bias is not None:
-            projection.bias = nn.Parameter(bias[outputs : outputs + projection.out_features], requires_grad=False)
+        if bias is not None:  # a view too, keeping its flag (kernels.restore gives back what it found)
+            trainable = cast(torch.Tensor, projection.bias).requires_grad
+            projection.bias = nn.Parameter(bias[outputs : outputs + projection.out_features], requires_grad=trainable)
         start += count
         outputs += projection.out_features
     original = type(block)
