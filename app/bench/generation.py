@@ -77,6 +77,12 @@ def paired_steps(runner: Runner, steering: Steering, steps: int) -> tuple[list[f
     return plain, steered, median(setups)
 
 
+def steered_token_seconds(steered_s: list[float], setup_s: float, new_tokens: int) -> float:
+    """A steered token's seconds from :func:`paired_steps`: its steps entered the steering block each
+    time, a generation of ``new_tokens`` sets the hooks up once."""
+    return median(steered_s) - setup_s + setup_s / new_tokens
+
+
 def _spread(times: list[float]) -> float:
     """Coefficient of variation: how much the same generation's time varies from run to run."""
     return statistics.stdev(times) / statistics.mean(times) if len(times) > 1 else 0.0
@@ -119,7 +125,7 @@ def measure_generation(runner: Runner, vectors: list[SteeringVector], config: Be
         ),
     ):
         unsteered_s, steered_s, setup_s = paired_steps(runner, steering, steps)
-        per_token = median(steered_s) - setup_s + setup_s / n  # a generation sets the hooks up once
+        per_token = steered_token_seconds(steered_s, setup_s, n)
         report.add(
             Metric(
                 name,

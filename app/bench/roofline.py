@@ -2,9 +2,9 @@
 
 A decoding step reads every weight once (the input embedding only one row of it), so on a CPU
 decoding is bound by memory bandwidth: ``limit = bandwidth / weight bytes per token``. This part
-measures the bandwidth in the same run (a plain ``torch.sum`` over a buffer much larger than the
-caches), counts the weight bytes, and reports our unsteered and steered decode speed as a share
-of that limit. Beside it, llama.cpp's decode speed on the same model's GGUF file (quantized, so it
+measures the bandwidth in the same run, in turn with our decoding (a plain ``torch.sum`` over a
+buffer much larger than the caches, then paired decoding steps, a few rounds), counts the weight
+bytes, and reports our unsteered and steered decode speed as a share of that limit. Beside it, llama.cpp's decode speed on the same model's GGUF file (quantized, so it
 reads fewer bytes per token: a reference, not a like-for-like target) when ``llama-bench`` is
 built; otherwise the report says why the row is missing.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from app.bench.common import BenchReport, Metric, Runner, median
-from app.bench.generation import paired_steps
+from app.bench.generation import paired_steps, steered_token_seconds
 from app.models.embedded import EMBEDDED, kept_gguf
 from app.steering.engine import Steering
 
@@ -75,7 +75,7 @@ def measure_share(
     for _ in range(rounds):
         bandwidth = BANDWIDTH_BYTES / read_seconds(buffer)
         plain, steered, setup = paired_steps(runner, steering, steps)
-        per_token = {"unsteered": median(plain), "steered": median(steered) - setup + setup / runner.new_tokens}
+        per_token = {"unsteered": median(plain), "steered": steered_token_seconds(steered, setup, runner.new_tokens)}
         for kind, seconds in per_token.items():
             speeds[kind].append(1 / seconds)
             shares[kind].append(weights / seconds / bandwidth)
