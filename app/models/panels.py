@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("panels.c")
 PANEL = 16  # outputs per panel (PANEL in panels.c)
 FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC")
+LIBRARIES = ("-lm",)  # linked after the source (the norm's sqrtf)
 COMPILE_TIMEOUT_S = 120
 HELPER_SPIN_US = 200  # an idle helper thread watches this long for the next product, then sleeps
 
@@ -73,7 +74,8 @@ def _build_key(compiler: str) -> str:
         ).stdout
     except (OSError, subprocess.SubprocessError) as error:
         raise Unavailable(f"the C compiler {compiler} does not run: {error}") from error
-    parts = (SOURCE.read_bytes().decode(), compiler, version, " ".join(FLAGS), platform.machine(), _cpu_flags())
+    flags = " ".join((*FLAGS, *LIBRARIES))
+    parts = (SOURCE.read_bytes().decode(), compiler, version, flags, platform.machine(), _cpu_flags())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -84,7 +86,10 @@ def _build(compiler: str, target: Path) -> None:
     os.close(fd)
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-lm", "-o", tmp], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S
+            [compiler, *FLAGS, str(SOURCE), *LIBRARIES, "-o", tmp],
+            capture_output=True,
+            text=True,
+            timeout=COMPILE_TIMEOUT_S,
         )
         if done.returncode != 0:
             first = next((line for line in done.stderr.splitlines() if line.strip()), f"exit {done.returncode}")
