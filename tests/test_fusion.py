@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from app.models import attention, fusion, kernels, panels
+from app.models import attention, fusion, kernels, layer_step, panels
 from tests.conftest import TINY_CONFIGS, make_tiny_model
 
 pytestmark = pytest.mark.skipif(panels.unavailable_reason() is not None, reason="the panel product cannot run here")
@@ -45,6 +45,7 @@ def test_fused_products_give_the_very_bits_of_the_separate_ones(model_type, ours
         attention.install(model)
     mlp = f"Fused{type(model.model.layers[0].mlp).__name__}"
     kernels.use(model, "panels")
+    layer_step.restore(model)  # decoding steps through the blocks, as with separate products
     blocks = _fused_blocks(model)
     layers = model.config.num_hidden_layers
     assert len(blocks) == 2 * layers and mlp in blocks

@@ -178,7 +178,7 @@ def test_a_failed_compile_is_one_line_and_leaves_nothing(fresh_build, monkeypatc
     )
     compiler.chmod(compiler.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("CC", str(compiler))
-    assert panels.unavailable_reason() == "compiling panels.c failed: error: no vectors here"
+    assert panels.unavailable_reason() == "compiling panels.c, layer_step.c failed: error: no vectors here"
     assert [p.name for p in fresh_build.glob("build/panels-*/*")] == []
 
 

@@ -49,7 +49,7 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
-from app.models import fusion, norms, panels
+from app.models import fusion, layer_step, norms, panels
 from app.models.threads import one_thread
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ def _to_panels(model: nn.Module, linears: list[nn.Linear]) -> int:
         panel.dense_requires_grad = trainable
     fusion.fuse(model)  # q, k, v (gate, up) as one product each where the architecture allows
     norms.use(model)  # and the RMS norms from the same library
+    layer_step.use(model)  # and a decoding step of a layer as one call where those apply
     return len(linears)
 
 
@@ -266,6 +267,7 @@ def dense_parameter(model: nn.Module, parameter: torch.Tensor) -> torch.Tensor:
 
 def restore(model: nn.Module) -> int:
     """Undo :func:`use`: every layer back to ``nn.Linear`` with its weight in torch's layout."""
+    layer_step.restore(model)
     fusion.unfuse(model)
     norms.restore(model)
     changed = 0

@@ -13,13 +13,15 @@
  * Threads: a step makes hundreds of products of 30-1000 us each, too short for a thread that sleeps
  * between them (waking one costs 50-200 us) and too many for threads that spin all the time (on a
  * busy machine those hold the cores other work needs). So the library keeps its own helper threads,
- * started on first use. The calling thread posts a product and claims panels one at a time, as do
+ * started on first use. The calling thread posts a job (`parallel`: a product's panels, or the
+ * attention heads of a decoding step in layer_step.c) and claims its pieces one at a time, as do
  * the helpers that are awake; it never waits for a helper that has not joined, so a helper that is
  * asleep or has lost its core costs nothing but its share of the work. A helper that finishes
- * watches for the next product for `spin_ns` (pausing, and yielding its core to any runnable
- * thread), then sleeps on a futex until a product wakes it.
+ * watches for the next job for `spin_ns` (pausing, and yielding its core to any runnable
+ * thread), then sleeps on a futex until a job wakes it.
  *
- * Built by app/models/panels.py with the machine's C compiler (-O3 -march=native -pthread).
+ * Built by app/models/panels.py with the machine's C compiler (-O3 -march=native -pthread), with
+ * layer_step.c into one library.
  */
 #define _GNU_SOURCE
 #include <limits.h>
@@ -91,23 +93,26 @@ static void panel_all_rows(const float *panels, const float *x, const float *bia
 
 #define MAX_HELPERS 63
 
+/* A piece of parallel work: task(args, i) for i = 0 .. count - 1, each i computed by one thread. */
+typedef void (*task_fn)(const void *args, long index);
+
 typedef struct {
-    const float *panels, *x, *bias;
-    float *y;
-    long rows, in, out, count;
+    task_fn task;
+    const void *args;
+    long count;
     int helpers; /* helpers with an index below this may join */
 } job_t;
 
 static struct {
-    pthread_mutex_t lock;       /* one product at a time uses the helpers; others run alone */
+    pthread_mutex_t lock;       /* one job at a time uses the helpers; others run alone */
     job_t job;                  /* written only while no helper is inside it (joined == 0) */
-    atomic_uint posted;         /* the number of the latest product (futex word) */
-    atomic_uint open;           /* the number of the product helpers may still join, 0 when closed */
-    atomic_int joined;          /* helpers inside the current product */
+    atomic_uint posted;         /* the number of the latest job (futex word) */
+    atomic_uint open;           /* the number of the job helpers may still join, 0 when closed */
+    atomic_int joined;          /* helpers inside the current job */
     atomic_int sleepers;        /* helpers waiting on the futex */
-    atomic_long next;           /* the next panel to claim */
+    atomic_long next;           /* the next index to claim */
     atomic_long spin_ns;        /* how long an idle helper watches before it sleeps */
-    atomic_long helped;         /* panels the helpers have computed */
+    atomic_long helped;         /* indices (panels, attention heads) the helpers have computed */
     int started;                /* helpers running */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .spin_ns = 200000};
 
@@ -127,16 +132,16 @@ static long now_ns(void)
     return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-static long claim_panels(const job_t *job)
+static long claim(const job_t *job)
 {
-    long p, done = 0;
-    for (; (p = atomic_fetch_add(&pool.next, 1)) < job->count; done++)
-        panel_all_rows(job->panels, job->x, job->bias, job->y, job->rows, job->in, job->out, p);
+    long i, done = 0;
+    for (; (i = atomic_fetch_add(&pool.next, 1)) < job->count; done++)
+        job->task(job->args, i);
     return done;
 }
 
-/* Wait until a product later than `seen` is posted: watch for spin_ns, then sleep. */
-static unsigned wait_for_product(unsigned seen)
+/* Wait until a job later than `seen` is posted: watch for spin_ns, then sleep. */
+static unsigned wait_for_job(unsigned seen)
 {
     long until = now_ns() + atomic_load(&pool.spin_ns);
     for (unsigned i = 1;; i++) {
@@ -162,10 +167,10 @@ static void *helper(void *arg)
     int index = (int)(long)arg;
     unsigned seen = 0;
     for (;;) {
-        seen = wait_for_product(seen);
+        seen = wait_for_job(seen);
         atomic_fetch_add(&pool.joined, 1);
         if (atomic_load(&pool.open) == seen && index < pool.job.helpers)
-            atomic_fetch_add(&pool.helped, claim_panels(&pool.job));
+            atomic_fetch_add(&pool.helped, claim(&pool.job));
         atomic_fetch_sub(&pool.joined, 1);
     }
     return NULL;
@@ -200,20 +205,17 @@ static int start_helpers(int wanted)
     return pool.started;
 }
 
-/* y [rows, out] = x [rows, in] W^T + bias (bias may be NULL), on the calling thread and up to
- * threads - 1 helpers. */
-void panel_product(const float *panels, const float *x, const float *bias, float *y, long rows, long in, long out,
-                   int threads)
+/* task(args, i) for i = 0 .. count - 1 on the calling thread and up to threads - 1 helpers. */
+void parallel(task_fn task, const void *args, long count, int threads)
 {
-    long count = (out + PANEL - 1) / PANEL;
     int helpers = threads - 1 < MAX_HELPERS ? threads - 1 : MAX_HELPERS;
     if (helpers < 1 || count < 2 || pthread_mutex_trylock(&pool.lock) != 0) {
-        for (long p = 0; p < count; p++)
-            panel_all_rows(panels, x, bias, y, rows, in, out, p);
+        for (long i = 0; i < count; i++)
+            task(args, i);
         return;
     }
     helpers = start_helpers(helpers) < helpers ? pool.started : helpers;
-    pool.job = (job_t){panels, x, bias, y, rows, in, out, count, helpers};
+    pool.job = (job_t){task, args, count, helpers};
     atomic_store(&pool.next, 0);
     unsigned number = atomic_load(&pool.posted) + 1;
     if (number == 0)
@@ -222,9 +224,9 @@ void panel_product(const float *panels, const float *x, const float *bias, float
     atomic_store(&pool.posted, number);
     if (atomic_load(&pool.sleepers) > 0)
         syscall(SYS_futex, &pool.posted, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-    claim_panels(&pool.job);
+    claim(&pool.job);
     atomic_store(&pool.open, 0);
-    for (unsigned i = 1; atomic_load(&pool.joined) > 0; i++) /* a joined helper is at most one panel from done */
+    for (unsigned i = 1; atomic_load(&pool.joined) > 0; i++) /* a joined helper is at most one index from done */
         if (i % 64 == 0)
             sched_yield();
         else
@@ -232,10 +234,31 @@ void panel_product(const float *panels, const float *x, const float *bias, float
     pthread_mutex_unlock(&pool.lock);
 }
 
+typedef struct {
+    const float *panels, *x, *bias;
+    float *y;
+    long rows, in, out;
+} product_t;
+
+static void product_panel(const void *args, long p)
+{
+    const product_t *a = args;
+    panel_all_rows(a->panels, a->x, a->bias, a->y, a->rows, a->in, a->out, p);
+}
+
+/* y [rows, out] = x [rows, in] W^T + bias (bias may be NULL), on the calling thread and up to
+ * threads - 1 helpers. */
+void panel_product(const float *panels, const float *x, const float *bias, float *y, long rows, long in, long out,
+                   int threads)
+{
+    product_t args = {panels, x, bias, y, rows, in, out};
+    parallel(product_panel, &args, (out + PANEL - 1) / PANEL, threads);
+}
+
 /* How long an idle helper watches for the next product before it sleeps, in nanoseconds. */
 void panel_set_spin_ns(long spin_ns) { atomic_store(&pool.spin_ns, spin_ns < 0 ? 0 : spin_ns); }
 
-/* Helper threads started so far in this process, and the panels they have computed (tests, the bench). */
+/* Helper threads started so far in this process, and the indices they have computed (tests, the bench). */
 int panel_helpers(void) { return pool.started; }
 long panel_helped(void) { return atomic_load(&pool.helped); }
 

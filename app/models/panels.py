@@ -1,9 +1,9 @@
 """Our own CPU product for ``nn.Linear`` (``panels.c``): the weight in panels of 16 outputs, read once
 per block of up to 6 rows, at close to the machine's memory speed for a decoding step's few rows.
 The same library computes the RMS norm of Llama-family layers (:func:`rms_norm`, used by
-:mod:`app.models.norms`).
+:mod:`app.models.norms`) and a whole decoding step of such a layer (:mod:`app.models.layer_step`).
 
-The C source is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
+The C sources (``panels.c`` and ``layer_step.c``, one library) are compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
 this CPU (``-O3 -march=native -pthread``) into ``cache/build/panels-<key>/``, where ``<key>``
 covers the source, the compiler, the flags and the CPU, so a new machine or a changed source
 builds again (under a second) and everything else reuses it. Where that fails (no compiler,
@@ -38,7 +38,7 @@ from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("panels.c")
+SOURCES = (Path(__file__).with_name("panels.c"), Path(__file__).with_name("layer_step.c"))  # one library
 PANEL = 16  # outputs per panel (PANEL in panels.c)
 FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)  # linked after the source (the norm's sqrtf)
@@ -75,28 +75,35 @@ def _build_key(compiler: str) -> str:
     except (OSError, subprocess.SubprocessError) as error:
         raise Unavailable(f"the C compiler {compiler} does not run: {error}") from error
     flags = " ".join((*FLAGS, *LIBRARIES))
-    parts = (SOURCE.read_bytes().decode(), compiler, version, flags, platform.machine(), _cpu_flags())
+    parts = (
+        *(source.read_bytes().decode() for source in SOURCES),
+        compiler,
+        version,
+        flags,
+        platform.machine(),
+        _cpu_flags(),
+    )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile ``SOURCE`` into ``target``, atomically: a crash or a racing process never leaves half a library."""
+    """Compile ``SOURCES`` into ``target``, atomically: a crash or a racing process never leaves half a library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".libpanels.", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), *LIBRARIES, "-o", tmp],
+            [compiler, *FLAGS, *map(str, SOURCES), *LIBRARIES, "-o", tmp],
             capture_output=True,
             text=True,
             timeout=COMPILE_TIMEOUT_S,
         )
         if done.returncode != 0:
             first = next((line for line in done.stderr.splitlines() if line.strip()), f"exit {done.returncode}")
-            raise Unavailable(f"compiling {SOURCE.name} failed: {first}")
+            raise Unavailable(f"compiling {', '.join(s.name for s in SOURCES)} failed: {first}")
         os.replace(tmp, target)
     except subprocess.TimeoutExpired as error:
-        raise Unavailable(f"compiling {SOURCE.name} took over {COMPILE_TIMEOUT_S} s") from error
+        raise Unavailable(f"compiling {', '.join(s.name for s in SOURCES)} took over {COMPILE_TIMEOUT_S} s") from error
     except OSError as error:
         raise Unavailable(f"cannot build {target}: {error.strerror or error}") from error
     finally:
@@ -127,6 +134,11 @@ def _load() -> ctypes.CDLL | Unavailable:
         library.panel_product.restype = None
         library.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_float]
         library.rms_norm.restype = None
+        # layer, hidden, out; rows; cos, sin, keys, values; capacity, length; mask; threads
+        library.layer_step.argtypes = (
+            [ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+        ) + [ctypes.c_int]
+        library.layer_step.restype = ctypes.c_int
         library.panel_set_spin_ns.argtypes, library.panel_set_spin_ns.restype = [ctypes.c_long], None
         library.panel_helpers.argtypes, library.panel_helpers.restype = [], ctypes.c_int
         library.panel_helped.argtypes, library.panel_helped.restype = [], ctypes.c_long
@@ -136,7 +148,8 @@ def _load() -> ctypes.CDLL | Unavailable:
         return reason
 
 
-def _library() -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
+    """The compiled library, loaded once (raises :class:`Unavailable`: why it cannot be had)."""
     loaded = _load()
     if isinstance(loaded, Unavailable):
         raise loaded
@@ -145,17 +158,17 @@ def _library() -> ctypes.CDLL:
 
 def set_helper_spin_us(microseconds: int) -> None:
     """How long an idle helper thread watches for the next product before it sleeps (0: at once)."""
-    _library().panel_set_spin_ns(max(0, microseconds) * 1000)
+    library().panel_set_spin_ns(max(0, microseconds) * 1000)
 
 
 def helpers_started() -> int:
     """Helper threads the library has started in this process (they last as long as it does)."""
-    return int(_library().panel_helpers())
+    return int(library().panel_helpers())
 
 
 def panels_by_helpers() -> int:
     """Panels the helper threads have computed in this process, all products together."""
-    return int(_library().panel_helped())
+    return int(library().panel_helped())
 
 
 def unavailable_reason() -> str | None:
@@ -183,7 +196,7 @@ def product(
     x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, out_features: int, threads: int
 ) -> torch.Tensor:
     """``x @ W.T + bias`` for the weight ``W`` laid out as ``panels``, on this thread and ``threads - 1`` helpers."""
-    library = _library()
+    compiled = library()
     width = panels.shape[1]
     rows = x.reshape(-1, width)
     if rows.dtype != torch.float32 or rows.device.type != "cpu" or (bias is not None and bias.dtype != torch.float32):
@@ -191,7 +204,7 @@ def product(
     rows = rows.contiguous()
     bias = None if bias is None else bias.contiguous()  # held here: the call reads it by address
     result = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    library.panel_product(
+    compiled.panel_product(
         panels.data_ptr(),
         rows.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -206,7 +219,7 @@ def product(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * x / sqrt(mean(x ** 2) + eps)`` over the last dimension, each row on its own (float32 on the CPU)."""
-    library = _library()
+    compiled = library()
     if (
         x.dtype != torch.float32
         or weight.dtype != torch.float32
@@ -220,5 +233,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     rows = x.contiguous()
     scale = weight.contiguous()  # held here: the call reads it by address
     result = torch.empty_like(rows)
-    library.rms_norm(rows.data_ptr(), scale.data_ptr(), result.data_ptr(), rows.numel() // max(width, 1), width, eps)
+    compiled.rms_norm(rows.data_ptr(), scale.data_ptr(), result.data_ptr(), rows.numel() // max(width, 1), width, eps)
     return result
