@@ -98,6 +98,19 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_left_padded_batch(steps):
 
 
 @torch.inference_mode()
+def test_positions_shared_by_the_batch_serve_every_row(steps):
+    # Without position ids transformers computes one rotary row for the whole batch: [1, 1, head].
+    model = _model("llama")
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=torch.tensor([[3, 7, 11], [3, 7, 11]]), past_key_values=cache, use_cache=True)
+    token = out.logits[:, -1:].argmax(-1)
+    twice = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+    assert steps["steps"] == model.config.num_hidden_layers
+    _, alone, _ = _decode(model, [3, 7, 11], 1)
+    assert torch.equal(twice[0], alone[1]) and torch.equal(twice[1], alone[1])
+
+
+@torch.inference_mode()
 def test_a_cropped_cache_gives_the_same_step_again(steps):
     model = _model("llama")
     tokens, logits, cache = _decode(model, [3, 7, 11], 4)

@@ -284,6 +284,13 @@ def _buffers(layer: DynamicLayer, rows: int) -> tuple[torch.Tensor, torch.Tensor
     return k, v
 
 
+def _per_row(values: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """``values`` [rows or 1, n] as a contiguous [rows, n] (one row shared by a batch is repeated), or None."""
+    if values.shape[0] == rows:
+        return values.contiguous()
+    return values.expand(rows, -1).contiguous() if values.shape[0] == 1 else None
+
+
 def _step(
     layout: _Layout,
     hidden: torch.Tensor,
@@ -298,16 +305,18 @@ def _step(
     length = cast(torch.Tensor, cache.keys).shape[2]
     if layout.window is not None and length + 1 > layout.window:
         return None
-    if mask is not None:
-        if mask.dtype != torch.bool or mask.shape != (rows, 1, 1, length + 1):
+    if mask is not None:  # [rows or 1, 1, 1, keys]
+        if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:] != (1, 1, length + 1):
             return None
-        mask = mask.reshape(rows, length + 1).contiguous()
+        mask = _per_row(mask.reshape(mask.shape[0], length + 1), rows)
+        if mask is None:
+            return None
     buffers = _buffers(cache, rows)
     if buffers is None:
         return None
     keys, values = buffers
-    cos, sin = (e.reshape(rows, -1).contiguous() for e in position_embeddings)  # [rows, head_dim]
-    if cos.shape[1] != layout.struct.head_dim or cos.dtype != torch.float32:
+    cos, sin = (_per_row(e.reshape(e.shape[0], -1), rows) for e in position_embeddings)  # [rows, head_dim]
+    if cos is None or sin is None or cos.shape[1] != layout.struct.head_dim or cos.dtype != torch.float32:
         return None
     hidden = hidden.contiguous()
     out = torch.empty_like(hidden)
