@@ -217,6 +217,23 @@ def test_sleeping_helpers_wake_for_a_product(two_threads):
         panels.set_helper_spin_us(panels.HELPER_SPIN_US)
 
 
+def test_subnormals_are_zeros_on_every_thread_and_torch_keeps_its_own(two_threads):
+    # The library flushes subnormal floats (its arithmetic on them is slow); the caller's floating
+    # point mode is given back after each call, so torch's own ops still see and make subnormals.
+    tiny = 1e-39  # under FLT_MIN (1.18e-38): a subnormal float
+    x = torch.full((2, 256), tiny)
+    x[1] = 1.0
+    laid_out = panels.to_panels(torch.ones(1024, 256))
+    expected = torch.stack([torch.zeros(1024), torch.full((1024,), 256.0)])  # not 2.56e-37: read as zeros
+    results = []
+    assert _helpers_join_within(120, lambda: results.append(panels.product(x, laid_out, None, 1024, 2)))
+    assert all(torch.equal(got, expected) for got in results)  # the helper's panels too
+    assert torch.equal(panels.product(x, laid_out, None, 1024, 1), expected)
+    assert float(torch.tensor([tiny]) * 2) == pytest.approx(2e-39, rel=1e-3)
+    normed = panels.rms_norm(torch.full((1, 8), tiny), torch.ones(8), 1e-6)
+    assert torch.equal(normed, torch.zeros(1, 8))  # not 1e-39 * 1000: read as zeros
+
+
 def test_products_from_several_threads_at_once_are_exact(two_threads):
     # One product at a time has the helpers; the others run on their own calling thread.
     torch.manual_seed(0)

@@ -24,6 +24,8 @@ void parallel(task_fn task, const void *args, long count, int threads);
 void panel_product(const float *panels, const float *x, const float *bias, float *y, long rows, long in, long out,
                    int threads);
 void rms_norm(const float *x, const float *weight, float *y, long rows, long width, float eps);
+unsigned panel_flush_begin(void);
+void panel_flush_end(unsigned before);
 
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 
@@ -136,6 +138,7 @@ int layer_step(const layer_t *L, const float *hidden, float *out, long rows, con
     float *scratch = malloc(floats * sizeof(float));
     if (!scratch)
         return -1;
+    unsigned before = panel_flush_begin(); /* subnormals as zeros, as everywhere in this library */
     float *normed = scratch, *qkv = normed + rows * width, *attended = qkv + rows * qkv_out;
     float *h = attended + rows * q_out, *gate_up = h + rows * width, *acted = gate_up + rows * 2 * middle;
     float *scores = acted + rows * middle, *turn = scores + rows * L->heads * n;
@@ -168,5 +171,6 @@ int layer_step(const layer_t *L, const float *hidden, float *out, long rows, con
     panel_product(L->down, acted, L->down_bias, out, rows, middle, width, threads);
     add(out, h, out, rows * width);
     free(scratch);
+    panel_flush_end(before);
     return 0;
 }
