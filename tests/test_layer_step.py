@@ -207,3 +207,16 @@ def test_a_sliding_window_cache_takes_transformers_forward(steps):
     layer_step.restore(model)
     plain_tokens, plain_logits, _ = _decode(model, [3, 7, 11], 3)
     assert tokens == plain_tokens and torch.equal(logits, plain_logits)
+
+
+def test_a_cache_outgrowing_its_buffer_moves_to_a_larger_one(steps):
+    model = _model("llama")
+    steps_taken = layer_step.MIN_CAPACITY + 20  # past the first buffer's room
+    tokens, logits, cache = _decode(model, [3, 7, 11], steps_taken)
+    held = cache.layers[0].__dict__["_step_buffers"][0]
+    assert held.shape[2] > 3 + layer_step.MIN_CAPACITY and cache.layers[0].keys.data_ptr() == held.data_ptr()
+    assert steps["steps"] == steps_taken * model.config.num_hidden_layers
+    layer_step.restore(model)
+    plain_tokens, plain_logits, _ = _decode(model, [3, 7, 11], steps_taken)
+    assert tokens == plain_tokens
+    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-5)

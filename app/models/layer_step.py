@@ -25,7 +25,9 @@ before, and anything that replaces the tensors (a prompt's concatenation, ``batc
 simply makes the next step start a new buffer.
 
 Each row is computed on its own, so a row's result does not depend on its batch. The attention and
-SiLU are not torch's kernels: logits move by about 1e-5 (tests/test_layer_step.py).
+SiLU are not torch's kernels, so logits are not bit-equal to transformers': over 90 greedy steps
+they moved by at most 8e-5 on SmolLM2 and 5e-5 on Qwen 0.5B (logits up to 36), with the same
+tokens; the new keys and values of the first layer are the same bits (tests/test_layer_step.py).
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ def _buffers(layer: DynamicLayer, rows: int) -> tuple[torch.Tensor, torch.Tensor
             and length < k.shape[2]
         ):
             return held
-    capacity = length + max(length, MIN_CAPACITY)
+    capacity = length + max(length // 2, MIN_CAPACITY)  # grows by half: a copy now and then, little memory idle
     k = keys.new_empty(keys.shape[0], keys.shape[1], capacity, keys.shape[3])
     v = values.new_empty(values.shape[0], values.shape[1], capacity, values.shape[3])
     k[:, :, :length] = keys
@@ -300,7 +302,7 @@ def _step(
 ) -> torch.Tensor | None:
     """The C step for ``hidden`` [rows, 1, width], or None where it does not apply (module docstring)."""
     rows = hidden.shape[0]
-    if hidden.dtype != torch.float32 or hidden.device.type != "cpu":
+    if hidden.dtype != torch.float32 or hidden.device.type != "cpu" or hidden.shape[2] != layout.struct.width:
         return None
     length = cast(torch.Tensor, cache.keys).shape[2]
     if layout.window is not None and length + 1 > layout.window:
