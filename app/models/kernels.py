@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from app.models import fusion, layer_step, norms, panels
+from app.models.panels import PanelCopyLinear, PanelLinear
 from app.models.threads import one_thread
 
 log = logging.getLogger(__name__)
@@ -116,28 +117,6 @@ class PackedCopyLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_product(x, self.packed_weight, self.bias)
-
-
-class PanelLinear(nn.Linear):
-    """``nn.Linear`` whose weight is held in panels (:func:`app.models.panels.to_panels`: same values,
-    shape [ceil(out / 16), in, 16]) and multiplied by the compiled panel product. Each row's result
-    does not depend on the other rows in the batch nor on the thread count. Inference only."""
-
-    dense_requires_grad: bool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return panels.product(x, self.weight, self.bias, self.out_features, torch.get_num_threads())
-
-
-class PanelCopyLinear(nn.Linear):
-    """``nn.Linear`` computed from a panel copy of its weight, for a weight another module reads in
-    torch's layout (a tied output layer): the parameter stays as it is, the copy costs its size in
-    memory and is made once (inference only: call :func:`use` again after changing the weight)."""
-
-    panel_weight: torch.Tensor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return panels.product(x, self.panel_weight, self.bias, self.out_features, torch.get_num_threads())
 
 
 def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

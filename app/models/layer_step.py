@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from app.models import attention, fusion, panels
+from app.models import attention, fusion, mixins, panels
 from app.models.norms import CompiledRMSNorm
 
 LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "MistralDecoderLayer")
@@ -73,34 +73,22 @@ class _Layer(ctypes.Structure):
     ]
 
 
-_one_call_classes: dict[type, type] = {}
-
-
 def use(model: nn.Module) -> int:
     """Give each decoder layer of ``model`` listed in ``LAYERS`` the one-call decoding step; returns how many."""
     changed = 0
     for module in model.modules():
-        original = type(module)
-        if original.__name__ not in LAYERS or getattr(module, "self_attn", None) is None:
-            continue
-        if original not in _one_call_classes:
-            _one_call_classes[original] = type(
-                f"OneCall{original.__name__}", (OneCallLayer, original), {"plain_class": original}
-            )
-        module.__class__ = _one_call_classes[original]
-        changed += 1
+        if type(module).__name__ in LAYERS and getattr(module, "self_attn", None) is not None:
+            mixins.mix_in(module, OneCallLayer, "OneCall")
+            changed += 1
     return changed
 
 
 def restore(model: nn.Module) -> int:
     """Undo :func:`use`; returns how many layers went back to transformers' forward."""
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, OneCallLayer):
-            module.__class__ = cast(type[OneCallLayer], module.plain_class)
-            module.__dict__.pop("_step_layout", None)
-            changed += 1
-    return changed
+    restored = mixins.mix_out(model, OneCallLayer)
+    for module in restored:
+        module.__dict__.pop("_step_layout", None)
+    return len(restored)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -203,15 +191,13 @@ class _Layout:
 
     @classmethod
     def of(cls, layer: nn.Module) -> _Layout | None:
-        from app.models.kernels import PanelLinear  # here: kernels imports this module
-
         block = cast(Any, layer)
         if not (isinstance(block.self_attn, fusion.FusedAttention) and isinstance(block.mlp, fusion.FusedMLP)):
             return None
         attn: Any = block.self_attn
         mlp: Any = block.mlp
         norms: tuple[Any, Any] = (block.input_layernorm, block.post_attention_layernorm)
-        if type(attn.o_proj) is not PanelLinear or type(mlp.down_proj) is not PanelLinear:
+        if type(attn.o_proj) is not panels.PanelLinear or type(mlp.down_proj) is not panels.PanelLinear:
             return None
         if not all(isinstance(n, CompiledRMSNorm) for n in norms):
             return None

@@ -23,38 +23,25 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from app.models import panels
+from app.models import mixins, panels
 
 # The norms whose forward is weight * (x * rsqrt(mean(x ** 2) + eps)) with ``variance_epsilon``.
 NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm", "Phi3RMSNorm")
-
-_compiled_classes: dict[type, type] = {}
 
 
 def use(model: nn.Module) -> int:
     """Make the RMS norms of ``model`` listed in ``NORMS`` use the compiled norm; returns how many."""
     changed = 0
     for module in model.modules():
-        original = type(module)
-        if original.__name__ not in NORMS or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            continue
-        if original not in _compiled_classes:
-            _compiled_classes[original] = type(
-                f"Compiled{original.__name__}", (CompiledRMSNorm, original), {"plain_class": original}
-            )
-        module.__class__ = _compiled_classes[original]
-        changed += 1
+        if type(module).__name__ in NORMS and isinstance(getattr(module, "weight", None), torch.Tensor):
+            mixins.mix_in(module, CompiledRMSNorm, "Compiled")
+            changed += 1
     return changed
 
 
 def restore(model: nn.Module) -> int:
     """Undo :func:`use`; returns how many norms went back to transformers' forward."""
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, CompiledRMSNorm):
-            module.__class__ = cast(type[CompiledRMSNorm], module.plain_class)
-            changed += 1
-    return changed
+    return len(mixins.mix_out(model, CompiledRMSNorm))
 
 
 class CompiledRMSNorm(nn.Module):

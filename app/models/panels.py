@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from app.storage import cache_dir
 
@@ -235,3 +236,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     result = torch.empty_like(rows)
     compiled.rms_norm(rows.data_ptr(), scale.data_ptr(), result.data_ptr(), rows.numel() // max(width, 1), width, eps)
     return result
+
+
+class PanelLinear(nn.Linear):
+    """``nn.Linear`` whose weight is held in panels (:func:`to_panels`: same values,
+    shape [ceil(out / 16), in, 16]) and multiplied by the compiled panel product. Each row's result
+    does not depend on the other rows in the batch nor on the thread count. Inference only."""
+
+    dense_requires_grad: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return product(x, self.weight, self.bias, self.out_features, torch.get_num_threads())
+
+
+class PanelCopyLinear(nn.Linear):
+    """``nn.Linear`` computed from a panel copy of its weight, for a weight another module reads in
+    torch's layout (a tied output layer): the parameter stays as it is, the copy costs its size in
+    memory and is made once (inference only: call :func:`app.models.kernels.use` again after changing the weight)."""
+
+    panel_weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return product(x, self.panel_weight, self.bias, self.out_features, torch.get_num_threads())
