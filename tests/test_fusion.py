@@ -13,6 +13,7 @@ from tests.conftest import TINY_CONFIGS, make_tiny_model
 pytestmark = pytest.mark.skipif(panels.unavailable_reason() is not None, reason="the panel product cannot run here")
 
 FUSED = {"llama", "mistral", "qwen2"}
+MLP_ONLY = {"gemma2", "gemma3_text"}  # their attention (q and k norms) runs as written
 
 
 def _fused_blocks(model: torch.nn.Module) -> list[str]:
@@ -56,10 +57,22 @@ def test_fused_products_give_the_very_bits_of_the_separate_ones(model_type, ours
 
 
 def test_other_architectures_are_left_as_they_are():
-    for model_type in sorted(set(TINY_CONFIGS) - FUSED):
+    for model_type in sorted(set(TINY_CONFIGS) - FUSED - MLP_ONLY):
         model = make_tiny_model(model_type)
         kernels.use(model, "panels")
         assert _fused_blocks(model) == [], model_type
+
+
+@pytest.mark.parametrize("model_type", sorted(MLP_ONLY))
+def test_gemmas_fuse_their_mlp_with_the_very_bits(model_type):
+    model = make_tiny_model(model_type)
+    mlp = f"Fused{type(model.model.layers[0].mlp).__name__}"
+    kernels.use(model, "panels")
+    assert _fused_blocks(model) == [mlp] * model.config.num_hidden_layers
+    fused = _outputs(model)
+    fusion.unfuse(model)
+    separate = _outputs(model)
+    assert torch.equal(fused[0], separate[0]) and torch.equal(fused[1], separate[1])
 
 
 def test_projections_that_are_not_whole_panels_are_not_fused():

@@ -45,7 +45,7 @@ def test_bad_inputs_say_what_is_wrong():
         panels.rms_norm(torch.randn(2, 5), torch.ones(4), 1e-6)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "phi3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "phi3", "gemma2", "gemma3_text"])
 def test_panels_give_a_model_compiled_norms_and_restore_takes_them_back(model_type):
     model = make_tiny_model(model_type)
     plain = _norm_classes(model)
@@ -62,9 +62,29 @@ def test_panels_give_a_model_compiled_norms_and_restore_takes_them_back(model_ty
 
 
 def test_other_norms_are_left_alone():
-    for model_type in ("gemma2", "gemma3_text", "gpt2", "gpt_neox", "stablelm"):  # other formulas: (1 + w), LayerNorm
+    for model_type in ("gpt2", "gpt_neox", "stablelm"):  # LayerNorm
         model = make_tiny_model(model_type)
         assert norms.use(model) == 0, model_type
+
+
+@torch.inference_mode()
+def test_a_gemma_norm_scales_by_one_plus_its_weight_and_follows_changes_to_it():
+    model = make_tiny_model("gemma3_text")
+    norm = model.model.norm
+    x = torch.randn(3, 32) * 4
+
+    def gemmas() -> torch.Tensor:
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)) * (1.0 + norm.weight)
+
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(32))
+    assert norms.use(model) == 6 * model.config.num_hidden_layers + 1  # four a layer, its q and k norms, the last
+    torch.testing.assert_close(norm(x), gemmas(), rtol=2e-6, atol=2e-6)
+    with torch.no_grad():
+        norm.weight.add_(0.5)  # in place: the held 1 + weight is made again
+    torch.testing.assert_close(norm(x), gemmas(), rtol=2e-6, atol=2e-6)
+    norm.weight = torch.nn.Parameter(torch.zeros(32))  # replaced
+    torch.testing.assert_close(norm(x), gemmas(), rtol=2e-6, atol=2e-6)
 
 
 def test_float64_runs_transformers_norm_and_gradients_change_nothing():

@@ -40,7 +40,7 @@ ATTENTION: dict[str, Callable[[nn.Module], dict[str, Any]]] = {
     "Qwen2Attention": lambda block: {"sliding_window": block.sliding_window},
     "MistralAttention": lambda block: {"sliding_window": getattr(block.config, "sliding_window", None)},
 }
-MLP = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
+MLP = ("LlamaMLP", "Qwen2MLP", "MistralMLP", "GemmaMLP", "Gemma2MLP", "Gemma3MLP")  # down(act(gate(x)) * up(x))
 
 _fused_classes: dict[type, type] = {}
 
