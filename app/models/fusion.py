@@ -18,7 +18,8 @@ dict. A fused block checks on every call that its projections still read the fus
 carry no hooks; otherwise it runs transformers' own forward, calling each projection. Fusing
 needs panel weights (:mod:`app.models.kernels`, which fuses after laying weights out in panels
 and unfuses before putting them back) and an attention or MLP class whose forward is written out
-below (``ATTENTION``, ``MLP``); any other block is left as it is.
+below (``ATTENTION``, ``MLP``); any other block is left as it is (Gemma's attention, with its q and
+k norms, runs as written; its MLP is fused).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """RMS norms computed by the compiled library (:func:`app.models.panels.rms_norm`) instead of torch's ops.
 
-transformers writes a Llama-family RMS norm (and Gemma's, scaled by ``1 + weight``) as seven tensor operations (cast, square, mean, add,
-reciprocal square root, two products); for one decoding row of 576-896 values each costs a few
-microseconds of dispatch, and a step runs 2 norms a layer plus the final one. The compiled norm is
-one call per norm: a SmolLM2 step took 43 ms instead of 47 (medians of 10 interleaved rounds on a
-noisy day; docs/performance.md).
+transformers writes a Llama-family RMS norm (and Gemma's, scaled by ``1 + weight``) as seven
+tensor operations (cast, square, mean, add, reciprocal square root, two products); for one
+decoding row of 576-896 values each costs a few microseconds of dispatch, and a step runs 2 norms
+a layer plus the final one (Gemma: 6 a layer). The compiled norm is one call per norm: a SmolLM2
+step took 43 ms instead of 47, a gemma-3-270m step 66 ms instead of 73 (interleaved rounds;
+docs/performance.md).
 
 Its sum of squares runs in another order than torch's (in double, four fixed lanes), so a norm's
 result can differ from transformers' in the last bit of a float32; each row is computed on its
