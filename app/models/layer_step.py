@@ -91,10 +91,6 @@ def restore(model: nn.Module) -> int:
     return len(restored)
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 class OneCallLayer(nn.Module):
     """A decoder layer whose decoding step is one call where it can be (module docstring)."""
 
