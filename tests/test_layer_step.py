@@ -220,3 +220,17 @@ def test_a_cache_outgrowing_its_buffer_moves_to_a_larger_one(steps):
     plain_tokens, plain_logits, _ = _decode(model, [3, 7, 11], steps_taken)
     assert tokens == plain_tokens
     torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-5)
+
+
+def test_a_cache_of_another_shape_is_never_written():
+    # The C step writes into the cache by address: a cache layer that does not hold the layer's
+    # key heads (or rows) is left to transformers.
+    model = _model("llama")
+    _, _, cache = _decode(model, [3, 7, 11], 1)
+    layout = model.model.layers[0]._layout()
+    assert layout is not None
+    layer = cache.layers[0]
+    assert layer_step._buffers(layer, 1, layout.struct) is not None
+    assert layer_step._buffers(layer, 2, layout.struct) is None  # two rows asked of a one-row cache
+    layer.keys, layer.values = layer.keys[:, :1], layer.values[:, :1]  # one key head where the layer has two
+    assert layer_step._buffers(layer, 1, layout.struct) is None

@@ -208,14 +208,25 @@ class _Layout:
         parts += (attn.o_proj.bias, mlp.fused_weight, mlp.fused_bias, mlp.down_proj.weight, mlp.down_proj.bias)
         parts += (norms[0].weight, norms[1].weight)
         tensors = [p for p in parts if p is not None]
+        panel = panels.PANEL
+        q_out, kv_out = heads * size, kv_heads * size
+        shapes = (  # what layer_step.c reads by address: every size it assumes
+            (attn.fused_weight, ((q_out + 2 * kv_out) // panel, width, panel)),
+            (attn.fused_bias, (q_out + 2 * kv_out,)),
+            (attn.o_proj.weight, (-(-width // panel), q_out, panel)),
+            (attn.o_proj.bias, (width,)),
+            (mlp.fused_weight, (2 * middle // panel, width, panel)),
+            (mlp.fused_bias, (2 * middle,)),
+            (mlp.down_proj.weight, (-(-width // panel), middle, panel)),
+            (mlp.down_proj.bias, (width,)),
+            (norms[1].weight, (width,)),
+        )
         usable = (
             getattr(attn.config, "hidden_act", None) == "silu"
             and size % 8 == 0
             and heads % kv_heads == 0
             and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-            and attn.o_proj.out_features == width
-            and mlp.down_proj.out_features == width
-            and norms[1].weight.shape[0] == width
+            and all(t is None or tuple(t.shape) == shape for t, shape in shapes)
         )
         if not usable:
             return None
@@ -240,11 +251,13 @@ def _cache_layer(cache: Any, index: int) -> DynamicLayer | None:
     return layer
 
 
-def _buffers(layer: DynamicLayer, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _buffers(layer: DynamicLayer, rows: int, struct: _Layer) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Buffers whose first positions are the layer's keys and values, with room for one more; None
-    when the cache does not hold ``rows`` float32 rows."""
+    when the cache does not hold ``rows`` float32 rows of the layer's key heads."""
     keys, values = cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
-    if keys.shape[0] != rows or keys.dtype != torch.float32 or keys.device.type != "cpu":
+    if keys.shape != (rows, struct.kv_heads, keys.shape[2], struct.head_dim) or keys.shape != values.shape:
+        return None
+    if keys.dtype != torch.float32 or values.dtype != torch.float32 or keys.device.type != "cpu":
         return None
     length = keys.shape[2]
     held = layer.__dict__.get("_step_buffers")
@@ -255,7 +268,6 @@ def _buffers(layer: DynamicLayer, rows: int) -> tuple[torch.Tensor, torch.Tensor
             and values.data_ptr() == v.data_ptr()
             and keys.stride() == k.stride()
             and values.stride() == v.stride()
-            and keys.shape == values.shape
             and length < k.shape[2]
         ):
             return held
@@ -295,7 +307,7 @@ def _step(
         mask = _per_row(mask.reshape(mask.shape[0], length + 1), rows)
         if mask is None:
             return None
-    buffers = _buffers(cache, rows)
+    buffers = _buffers(cache, rows, layout.struct)
     if buffers is None:
         return None
     keys, values = buffers

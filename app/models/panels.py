@@ -3,10 +3,11 @@ per block of up to 6 rows, at close to the machine's memory speed for a decoding
 The same library computes the RMS norm of Llama-family layers (:func:`rms_norm`, used by
 :mod:`app.models.norms`) and a whole decoding step of such a layer (:mod:`app.models.layer_step`).
 
-The C sources (``panels.c`` and ``layer_step.c``, one library) are compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for
-this CPU (``-O3 -march=native -pthread``) into ``cache/build/panels-<key>/``, where ``<key>``
-covers the source, the compiler, the flags and the CPU, so a new machine or a changed source
-builds again (under a second) and everything else reuses it. Where that fails (no compiler,
+The C sources (``panels.c`` and ``layer_step.c``, one library) are compiled on first use with the
+machine's C compiler (``$CC``, else ``cc``) for this CPU (``-O3 -march=native -pthread``) into
+``cache/build/panels-<key>/``, where ``<key>`` covers the sources, the compiler, the flags and the
+CPU, so a new machine or a changed source builds again (under a second) and everything else
+reuses it. Where that fails (no compiler,
 another platform), :func:`unavailable_reason` says why and :mod:`app.models.kernels` keeps
 oneDNN's packed product.
 
