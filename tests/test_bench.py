@@ -194,3 +194,34 @@ def test_the_share_is_the_median_of_each_rounds_share(monkeypatch):
     assert unsteered.ours == pytest.approx(1.0) and decode == {"unsteered": 1.0, "steered": 1.0}
     assert unsteered.reference == pytest.approx(2 / per_gib)  # the median limit, shown beside it
     assert report.machine["read_bandwidth_gb_s"] == round(2 * 2**30 / 1e9, 2)
+
+
+def test_paired_steps_time_the_steered_forward_pass_and_count_the_set_up_once(monkeypatch):
+    """The hooks' set-up is timed apart and spread over a generation, not paid by every step."""
+    import threading
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from app.bench import generation
+    from tests.conftest import make_tiny_model
+
+    clock = SimpleNamespace(now=0.0)
+
+    def perf_counter() -> float:
+        clock.now += 1.0  # every reading of the clock moves it one second
+        return clock.now
+
+    @contextmanager
+    def steer(steering):
+        clock.now += 100.0  # setting up the hooks takes 100 s
+        yield
+        clock.now += 50.0  # removing them 50 s
+
+    monkeypatch.setattr(generation.time, "perf_counter", perf_counter)
+    engine = SimpleNamespace(model=make_tiny_model("llama"), device="cpu", lock=threading.Lock(), steer=steer)
+    tokenizer = lambda text: {"input_ids": [1, 2, 3]}  # noqa: E731
+    runner = SimpleNamespace(engine=engine, lab=SimpleNamespace(lm=SimpleNamespace(tokenizer=tokenizer, is_chat=False)))
+    plain, steered, setup = generation.paired_steps(runner, None, steps=4)
+    assert plain == steered == [1.0] * 4  # the forward pass alone, set-up left out
+    assert setup == 151.0  # an empty block: set-up, removal and the clock's own step
+    assert generation.steered_token_seconds(steered, setup, new_tokens=151) == 2.0

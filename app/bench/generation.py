@@ -47,27 +47,33 @@ def paired_steps(runner: Runner, steering: Steering, steps: int) -> tuple[list[f
     Greedy decoding of :data:`PROMPT` (batch 1, KV cache). At every step the same forward pass
     runs twice, in alternating order; the first pass's token is taken out of the cache again
     (``crop(-1)``), so both see the same cache. The steered pass enters ``engine.steer`` for that
-    one pass, so its time includes setting up and removing the hooks, which a real generation
-    does once; the third value is that set-up alone (median seconds of an empty ``steer`` block).
+    one pass, but only the forward pass inside the block is timed: a real generation sets the
+    hooks up once, not at every step. The third value is that set-up (median seconds of an empty
+    ``steer`` block), for the caller to count once per generation (:func:`steered_token_seconds`).
     """
     engine, model = runner.engine, runner.engine.model
     device = engine.device
     ids = encode_prompt(runner.lab.lm.tokenizer, PROMPT, True, runner.lab.lm.is_chat)
     cache = DynamicCache(config=model.config)
+
+    def step(token: torch.Tensor) -> tuple[torch.Tensor, float]:
+        started = time.perf_counter()
+        output = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return output.logits, time.perf_counter() - started
+
     with engine.lock:
         output = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
         token = output.logits[:, -1:].argmax(-1)  # [1, 1]
         plain: list[float] = []
         steered: list[float] = []
-        for step in range(steps):
-            for index, steer in enumerate((False, True) if step % 2 == 0 else (True, False)):
-                if index == 1:
+        for index in range(steps):
+            for order, steer in enumerate((False, True) if index % 2 == 0 else (True, False)):
+                if order == 1:
                     cache.crop(-1)  # drop the first pass's entry: the second pass sees the same cache
-                started = time.perf_counter()
                 with engine.steer(steering) if steer else nullcontext():
-                    output = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                (steered if steer else plain).append(time.perf_counter() - started)
-            token = output.logits[:, -1:].argmax(-1)
+                    logits, seconds = step(token)
+                (steered if steer else plain).append(seconds)
+            token = logits[:, -1:].argmax(-1)
         setups = []
         for _ in range(20):
             started = time.perf_counter()
@@ -78,9 +84,9 @@ def paired_steps(runner: Runner, steering: Steering, steps: int) -> tuple[list[f
 
 
 def steered_token_seconds(steered_s: list[float], setup_s: float, new_tokens: int) -> float:
-    """A steered token's seconds from :func:`paired_steps`: its steps entered the steering block each
-    time, a generation of ``new_tokens`` sets the hooks up once."""
-    return median(steered_s) - setup_s + setup_s / new_tokens
+    """A steered token's seconds from :func:`paired_steps`: its forward pass, plus its share of the
+    hooks' set-up, which a generation of ``new_tokens`` pays once."""
+    return median(steered_s) + setup_s / new_tokens
 
 
 def _spread(times: list[float]) -> float:
@@ -135,7 +141,7 @@ def measure_generation(runner: Runner, vectors: list[SteeringVector], config: Be
                 target=">= 0.97" if name.endswith("one_layer") else ">= 0.95",
                 note=f"{what}: {steps} decoding steps, each run unsteered and steered back to back (medians), "
                 f"hook set-up ({setup_s * 1e3:.2f} ms) counted once per {n}-token generation "
-                f"({median(unsteered_s) / median(steered_s):.3f} if counted every step); over whole generations "
+                f"({median(unsteered_s) / (median(steered_s) + setup_s):.3f} if counted every step); over whole generations "
                 f"{plain / whole:.3f} (median of {len(times['plain'])} each; unsteered generations alone vary "
                 f"by {spread:.1%} from run to run)",
             )
