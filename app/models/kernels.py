@@ -29,8 +29,9 @@ faster (:func:`decide`). The output layer, many times taller than wide, is packe
 others use (:func:`packs_output`). The switch changes how the product runs, not what it
 computes: the same modules and hooks; ``transposed`` keeps the very parameters, ``packed`` and
 ``panels`` replace each weight by its rearranged copy (same values, exactly recovered by
-:func:`restore`; memory unchanged), except a weight another module reads in torch's layout (a tied
-output layer), which keeps its parameter and gets a copy beside it (memory: the copy's size).
+:func:`restore`; memory unchanged once :func:`app.models.loading.load_model` lets the checkpoint's
+file mapping go), except a weight another module reads in torch's layout (a tied output layer),
+which keeps its parameter and gets a copy beside it (memory: the copy's size).
 ``STEERING_LAB_LINEAR=torch|transposed|packed|panels`` overrides the choice (for every layer, the
 output layer included).
 """

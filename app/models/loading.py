@@ -105,6 +105,60 @@ def fingerprint(model_id: str, model: PreTrainedModel) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tensors(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """Every parameter and buffer with a storage of its own, once (tied weights are one tensor).
+
+    Opaque tensors (oneDNN's packed weights) have no storage to look at and are left out."""
+    found: dict[int, tuple[torch.nn.Module, str, torch.Tensor]] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is not None and tensor.layout == torch.strided and not tensor.is_mkldnn:
+                    found.setdefault(id(tensor), (module, name, tensor))
+    return list(found.values())
+
+
+def _storages(model: torch.nn.Module) -> set[int]:
+    return {tensor.untyped_storage().data_ptr() for _, _, tensor in _tensors(model)}
+
+
+def _leave_the_file(model: torch.nn.Module, as_loaded: set[int]) -> int:
+    """Copy the tensors still in the storage they were loaded in, when they are the smaller part.
+
+    On a CPU, transformers maps the checkpoint file into memory and the weights are views of it.
+    Packing (:mod:`app.models.kernels`) replaces most weights by copies, but the rest (embedding,
+    norms) keeps the whole mapping alive, and every page that packing read stays resident: the
+    process then counts most weights twice (Qwen 0.5B: 2.0 GB of file pages beside 2.4 GB of
+    copies). Copying what is left lets the mapping go. When most weights are still the loaded ones
+    (torch's kernel), nothing is copied: the file's pages are then the weights themselves. Tied
+    weights stay tied (a parameter's ``data`` is replaced in place), views stay views of one copy.
+    Returns the bytes copied.
+    """
+    tensors = _tensors(model)
+    by_storage: dict[int, list[tuple[torch.nn.Module, str, torch.Tensor]]] = {}
+    for module, name, tensor in tensors:
+        if tensor.untyped_storage().data_ptr() in as_loaded:
+            by_storage.setdefault(tensor.untyped_storage().data_ptr(), []).append((module, name, tensor))
+    left = sum(users[0][2].untyped_storage().nbytes() for users in by_storage.values())
+    total = sum(tensor.numel() * tensor.element_size() for _, _, tensor in tensors)
+    total += sum(
+        tensor.numel() * tensor.element_size() for tensor in model.parameters() if tensor.is_mkldnn
+    )  # oneDNN's packed weights count as replaced
+    if not by_storage or 2 * left > total:
+        return 0
+    for users in by_storage.values():
+        copy = users[0][2].untyped_storage().clone()  # one copy per storage: views stay views of it
+        for module, name, tensor in users:
+            moved = torch.empty(0, dtype=tensor.dtype).set_(
+                copy, tensor.storage_offset(), tensor.shape, tensor.stride()
+            )
+            if isinstance(tensor, torch.nn.Parameter):
+                tensor.data = moved
+            else:
+                module._buffers[name] = moved
+    return left
+
+
 def load_model(spec: str | None = None, device: str | None = None) -> LoadedModel:
     """Load ``spec`` (id, local dir, ``hub:org/name``, or None for auto-selection) for steering.
 
@@ -132,7 +186,10 @@ def load_model(spec: str | None = None, device: str | None = None) -> LoadedMode
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     first: torch.device = model.get_input_embeddings().weight.device  # type: ignore[assignment]
     model_print = fingerprint(resolved.model_id, model)  # before packing: no weight to put back in torch's layout
+    as_loaded = _storages(model)
     kernel = kernels.tune(model, first, dtype)
+    if first.type == "cpu":
+        _leave_the_file(model, as_loaded)
     if first.type == "cpu":  # where our products make a row's result independent of its batch
         attention.install(model)
     loaded = LoadedModel(
