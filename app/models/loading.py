@@ -108,14 +108,14 @@ def fingerprint(model_id: str, model: PreTrainedModel) -> str:
 
 
 def _tensors(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
-    """Every parameter and buffer with a storage of its own, once (tied weights are one tensor).
+    """Every parameter and buffer that has a storage, once (tied weights are one tensor).
 
-    Opaque tensors (oneDNN's packed weights) have no storage to look at and are left out."""
+    oneDNN's packed weights (an opaque layout) have no storage to look at and are left out."""
     found: dict[int, tuple[torch.nn.Module, str, torch.Tensor]] = {}
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, tensor in table.items():
-                if tensor is not None and tensor.layout == torch.strided and not tensor.is_mkldnn:
+                if tensor is not None and tensor.layout == torch.strided:
                     found.setdefault(id(tensor), (module, name, tensor))
     return list(found.values())
 
