@@ -158,10 +158,7 @@ def _leave_the_file(model: torch.nn.Module) -> int:
         if any(low <= address < high for low, high in ranges):
             in_file.setdefault(address, []).append((module, name, tensor))
     left = sum(users[0][2].untyped_storage().nbytes() for users in in_file.values())
-    total = sum(tensor.numel() * tensor.element_size() for _, _, tensor in tensors)
-    total += sum(  # oneDNN's packed weights (copies)
-        tensor.numel() * tensor.element_size() for tensor in model.parameters() if tensor.is_mkldnn
-    )
+    total = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))  # packed ones too
     if not in_file or 2 * left > total:
         return 0
     for users in in_file.values():
