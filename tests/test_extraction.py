@@ -58,6 +58,34 @@ def test_methods(engine, char_tokenizer):
         directions(pos, neg, "magic")
 
 
+def _two_sets(noise_std: list[float], shift: list[float], n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled activations ``[n, 1 layer, d]``: the positive set is the negative one moved by ``shift``."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(2 * n, 1, len(noise_std), generator=generator) * torch.tensor(noise_std)
+    return noise[:n] + torch.tensor(shift), noise[n:]
+
+
+def test_lda_shrinks_a_dimension_that_varies_a_lot():
+    # dimension 0 varies 10x more than the others and its shift is 5x theirs: in the difference of
+    # means it holds most of the length, divided by its variance it holds little
+    # (dimension 4 barely varies at all: the median variance keeps it from being blown up)
+    pos, neg = _two_sets(noise_std=[10.0, 1.0, 1.0, 1.0, 1e-3], shift=[5.0, 1.0, 1.0, 1.0, 1e-3])
+    mean_diff, lda = directions(pos, neg, "mean_diff")[0], directions(pos, neg, "lda")[0]
+    share = lambda v, i: float(v[i] ** 2 / (v**2).sum())  # noqa: E731
+    assert share(mean_diff, 0) > 0.8 and share(lda, 0) < 0.05
+    assert share(lda, 4) < 1e-4
+    assert float(lda.norm()) == pytest.approx(float(mean_diff.norm()))  # only the direction changes
+    assert float(lda @ mean_diff) > 0
+
+
+def test_lda_stays_near_the_difference_of_means_when_the_noise_is_alike():
+    pos, neg = _two_sets(noise_std=[1.0, 1.0, 1.0, 1.0], shift=[3.0, -1.0, 0.5, 0.0], n=2000)
+    mean_diff, lda = directions(pos, neg, "mean_diff")[0], directions(pos, neg, "lda")[0]
+    assert float(torch.nn.functional.cosine_similarity(lda, mean_diff, dim=0)) > 0.95
+    # the variance is taken over both sets, so the shift's own spread weighs in: 3.0 shrinks most
+    assert float(lda[0] / mean_diff[0]) < float(lda[2] / mean_diff[2])
+
+
 def test_extract_builds_every_layer_with_stats(engine, char_tokenizer):
     seen = []
     result = extract(

@@ -2,10 +2,15 @@
 
 One forward pass per padded batch captures the residual stream after every decoder layer and
 pools each example over its real tokens (no padding, not the first token, which in most models
-is an attention sink with an outsized norm). Three methods turn pooled activations into a
+is an attention sink with an outsized norm). Four methods turn pooled activations into a
 direction per layer:
 
-    mean_diff  difference of the class means (CAA), the default
+    lda        difference of the class means divided by each dimension's variance (diagonal
+               LDA), the default: a few dimensions of the residual stream carry huge values that
+               vary a lot between any two texts, and in a plain difference of means they can hold
+               most of the direction's length (70-80 % for some concepts on Qwen 0.5B), so
+               steering spent its strength on them instead of on the concept
+    mean_diff  difference of the class means (CAA)
     pca        first principal direction of the paired differences positive[i] - negative[i]
                (uncentered, so their shared shift dominates), signed toward the positive set
     probe      logistic regression per layer; its held-out accuracy ranks layers (Bo et al.)
@@ -116,6 +121,8 @@ def directions(positive: torch.Tensor, negative: torch.Tensor, method: Method) -
     """Directions per layer from pooled activations ``[n, n_layers, d]`` -> ``[n_layers, d]``."""
     if method == "mean_diff":
         return positive.mean(0) - negative.mean(0)
+    if method == "lda":
+        return _variance_scaled(positive, negative)
     if method == "pca":
         n = min(len(positive), len(negative))
         diffs = (positive[:n] - negative[:n]).transpose(0, 1)  # [n_layers, n, d]
@@ -127,6 +134,17 @@ def directions(positive: torch.Tensor, negative: torch.Tensor, method: Method) -
     if method == "probe":
         return _probe_directions(positive, negative)[0]
     raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+
+
+def _variance_scaled(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """The difference of means with each dimension divided by its variance over all the examples
+    (shrunk toward the layer's median variance, so a dimension that barely varies is not blown
+    up), sized like the difference of means: only its direction differs."""
+    mean_diff = positive.mean(0) - negative.mean(0)  # [n_layers, d]
+    variance = torch.cat([positive, negative]).var(0)  # [n_layers, d]
+    scaled = mean_diff / (variance + variance.median(dim=-1, keepdim=True).values)
+    length = mean_diff.norm(dim=-1, keepdim=True) / scaled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return scaled * length
 
 
 PROBE_C = 0.1  # inverse L2 strength of the probe (scikit-learn's C), on standardized features
@@ -264,7 +282,7 @@ def extract(
     name: str,
     model_id: str,
     model_fingerprint: str,
-    method: Method = "mean_diff",
+    method: Method = "lda",
     top_k_layers: int = 1,
     batch_size: int = 16,
     progress: Progress | None = None,

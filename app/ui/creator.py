@@ -30,7 +30,8 @@ from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 log = logging.getLogger(__name__)
 
 METHOD_HELP = {
-    "mean_diff": "difference of means (CAA): fast and robust, the default",
+    "lda": "difference of means scaled by each dimension's variance, so a few huge dimensions do not swamp it: the default",
+    "mean_diff": "difference of means (CAA): fast and robust",
     "pca": "first principal direction of the paired differences",
     "probe": "logistic-regression probe per layer; layers ranked by its held-out accuracy",
 }
@@ -77,8 +78,8 @@ class CreatorParts:
                 raise gr.Error(user_error(error)) from None
             if note:
                 gr.Info(note)
-            if method != "mean_diff":
-                gr.Info("The Playground steers saved concepts with their difference-of-means vector.")
+            if method != Settings().method:
+                gr.Info(f"The Playground steers saved concepts with their {Settings().method} vector.")
             use_chat = bool(self.holder.lab.lm.is_chat)
             rows = playground.choice_updates(selected=concept.name, clear_others=True)
             strengths = [vector.recommended_strength] + [0.0] * (len(playground.strengths) - 1)
@@ -179,7 +180,7 @@ def build_creator_tab(holder: LabHolder) -> CreatorParts:
     with gr.Row():
         method = gr.Radio(
             list(METHODS),
-            value="mean_diff",
+            value=Settings().method,
             label="Method",
             info=" · ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()),
             scale=3,
