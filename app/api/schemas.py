@@ -139,7 +139,7 @@ class ConceptCreateRequest(Strict):
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     positive: list[str] = Field(description="texts that have the concept (at least 2)")
     negative: list[str] = Field(description="texts that do not, ideally matching pairs (at least 2)")
-    method: Literal["lda", "mean_diff", "pca", "probe"] = "lda"
+    method: Literal["mean_diff", "lda", "pca", "probe"] = "mean_diff"
     overwrite: bool = Field(False, description="replace a custom concept of this name")
 
 

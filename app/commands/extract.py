@@ -13,7 +13,7 @@ from app.steering.choices import METHODS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("concept", help="concept name or concept .json file")
     add_model_arguments(parser)
-    parser.add_argument("--method", choices=METHODS, help="default: lda (probe for preference dimensions)")
+    parser.add_argument("--method", choices=METHODS, help="default: mean_diff (probe for preference dimensions)")
     parser.add_argument("--top-k-layers", type=int, help="how many layers to recommend")
     parser.add_argument("--out", type=Path, help="write the vector here (.safetensors); default: only the cache")
     parser.add_argument("--json", action="store_true", help="print JSON")

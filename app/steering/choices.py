@@ -5,8 +5,8 @@
 
 from typing import Literal
 
-Method = Literal["lda", "mean_diff", "pca", "probe"]
-METHODS: tuple[Method, ...] = ("lda", "mean_diff", "pca", "probe")
+Method = Literal["mean_diff", "lda", "pca", "probe"]
+METHODS: tuple[Method, ...] = ("mean_diff", "lda", "pca", "probe")
 
 PositionMode = Literal["all", "prompt", "generated", "last"]
 POSITION_MODES: tuple[PositionMode, ...] = ("all", "prompt", "generated", "last")

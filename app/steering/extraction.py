@@ -5,12 +5,12 @@ pools each example over its real tokens (no padding, not the first token, which 
 is an attention sink with an outsized norm). Four methods turn pooled activations into a
 direction per layer:
 
+    mean_diff  difference of the class means (CAA), the default
     lda        difference of the class means divided by each dimension's variance (diagonal
-               LDA), the default: a few dimensions of the residual stream carry huge values that
-               vary a lot between any two texts, and in a plain difference of means they can hold
-               most of the direction's length (70-80 % for some concepts on Qwen 0.5B), so
-               steering spent its strength on them instead of on the concept
-    mean_diff  difference of the class means (CAA)
+               LDA): a few dimensions of the residual stream carry huge values that vary a lot
+               between any two texts, and in a plain difference of means they can hold most of
+               the direction's length (70-80 % for some concepts on Qwen 0.5B); this shrinks them
+               (docs/quality.md: not the default, it did worse on the held-out concepts)
     pca        first principal direction of the paired differences positive[i] - negative[i]
                (uncentered, so their shared shift dominates), signed toward the positive set
     probe      logistic regression per layer; its held-out accuracy ranks layers (Bo et al.)
@@ -282,7 +282,7 @@ def extract(
     name: str,
     model_id: str,
     model_fingerprint: str,
-    method: Method = "lda",
+    method: Method = "mean_diff",
     top_k_layers: int = 1,
     batch_size: int = 16,
     progress: Progress | None = None,

@@ -32,7 +32,7 @@ from app.storage import cache_dir
 
 log = logging.getLogger(__name__)
 
-EXTRACTION_VERSION = 3  # bump when extraction or recommendation changes what a file holds
+EXTRACTION_VERSION = 2  # bump when extraction or recommendation changes what a file holds
 
 
 @dataclass
@@ -47,7 +47,7 @@ class _Build:
 class Settings:
     """How a concept is turned into a vector; part of the cache key."""
 
-    method: Method = "lda"
+    method: Method = "mean_diff"
     top_k_layers: int = 1
 
     @property
@@ -57,7 +57,7 @@ class Settings:
 
 
 def default_settings(concept: Concept) -> Settings:
-    """Teaching concepts: variance-scaled difference of means at one layer. Preference dimensions: a probe and
+    """Teaching concepts: difference of means at one layer. Preference dimensions: a probe and
     its three best layers, as Bo et al. do."""
     if concept.category == "preference":
         return Settings(method="probe", top_k_layers=3)

@@ -4,10 +4,9 @@ For a few candidate layers (the best by held-out separability) and strengths, we
 reply to a few neutral tuning prompts, all rows in one batched call that differ only in
 steering. Each reply is scored for the concept (the Effect metric: sentence-embedding similarity
 to the concept's own positive examples minus its negative ones) and for fluency (perplexity of the
-reply under the unsteered model, and repeated 3-grams). The recommendation is the top of the
-concept's functional range: the strongest setting below which every setting stays fluent (a
-stronger setting that happens to read fluently past one that loops is not trusted). Among
-candidate layers, the one whose recommended setting shows the concept most wins.
+reply under the unsteered model, and repeated 3-grams). The recommendation is the strongest
+setting that stays fluent: the top of the concept's functional range. Among candidate layers, the
+one whose recommended setting shows the concept most wins.
 
 The tuning prompts are fixed here and are not the held-out questions of ``python -m app quality``.
 """
@@ -46,7 +45,7 @@ CANDIDATE_LAYERS = 1  # how many of the best layers a one-layer concept tries (e
 SWEEP_TOKENS = 24
 MAX_PERPLEXITY_RATIO = 6.0  # a fluent setting's median perplexity is at most this times the baseline's ...
 MIN_PERPLEXITY_LIMIT = 12.0  # ... or this, whichever is larger (greedy chat replies score ~1.5)
-MAX_REPEATED_SHARE = 0.15  # a 24-token reply with more repeated 3-grams than this is starting to loop
+MAX_REPEATED_SHARE = 0.3  # a reply with more repeated 3-grams than this is a loop
 PERPLEXITY_ROWS = 8  # replies scored per forward pass (a waiting user gets in between passes)
 
 EffectFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Any]  # -> one float per text
@@ -105,20 +104,22 @@ def choose(
 ) -> tuple[int, int]:
     """(layer set index, strength index) of the recommendation.
 
-    Per layer set, the strongest strength such that it and every weaker one are fluent (median
-    perplexity within the limit, no looping reply). Across layer sets, the one whose chosen
-    strength has the largest Effect gain. A layer set whose weakest strength is not fluent offers
-    that one; it loses to any set with a fluent strength.
+    Per layer set, the strongest strength that is fluent (median perplexity within the limit, no
+    looping reply). Across layer sets, the one whose chosen strength has the largest Effect gain.
+    A layer set with no fluent strength offers its weakest; it loses to any set that has one.
     """
     best: tuple[bool, float, int, int] | None = None
-    ascending = sorted(range(len(strengths)), key=lambda i: strengths[i])
     for li in range(len(effect)):
-        fluent: list[int] = []
-        for si in ascending:
-            if perplexity[li][si] > perplexity_limit or repetition[li][si] > MAX_REPEATED_SHARE:
-                break
-            fluent.append(si)
-        si = fluent[-1] if fluent else ascending[0]
+        fluent = [
+            si
+            for si in range(len(strengths))
+            if perplexity[li][si] <= perplexity_limit and repetition[li][si] <= MAX_REPEATED_SHARE
+        ]
+        si = (
+            max(fluent, key=lambda i: strengths[i])
+            if fluent
+            else min(range(len(strengths)), key=lambda i: strengths[i])
+        )
         candidate = (bool(fluent), effect[li][si], -li, si)
         if best is None or candidate[:3] > best[:3]:
             best = candidate

@@ -30,8 +30,8 @@ from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
 log = logging.getLogger(__name__)
 
 METHOD_HELP = {
-    "lda": "difference of means scaled by each dimension's variance, so a few huge dimensions do not swamp it: the default",
-    "mean_diff": "difference of means (CAA): fast and robust",
+    "mean_diff": "difference of means (CAA): fast and robust, the default",
+    "lda": "difference of means scaled by each dimension's variance, so a few huge dimensions do not swamp it",
     "pca": "first principal direction of the paired differences",
     "probe": "logistic-regression probe per layer; layers ranked by its held-out accuracy",
 }
