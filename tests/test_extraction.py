@@ -54,6 +54,9 @@ def test_methods(engine, char_tokenizer):
     probe = directions(pos, neg, "probe")
     assert probe.shape == mean_diff.shape
     assert bool(((probe * mean_diff).sum(-1) > 0).all())
+    lda = directions(pos, neg, "lda")
+    assert torch.allclose(lda.norm(dim=-1), mean_diff.norm(dim=-1))
+    assert bool(((lda * mean_diff).sum(-1) > 0).all())
     with pytest.raises(ValueError, match="unknown method"):
         directions(pos, neg, "magic")
 
