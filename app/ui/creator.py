@@ -22,7 +22,7 @@ from app.steering import concepts as concept_store
 from app.steering import control_vectors
 from app.steering.choices import METHODS
 from app.steering.concepts import Concept, concept_from_dict, lines_to_examples
-from app.steering.library import Settings
+from app.steering.library import Settings, default_settings
 from app.steering.vectors import SteeringVector
 from app.ui import playground as playground_tab
 from app.ui.state import MODEL_CONCURRENCY, TabSpec, user_error
@@ -78,8 +78,9 @@ class CreatorParts:
                 raise gr.Error(user_error(error)) from None
             if note:
                 gr.Info(note)
-            if method != Settings().method:
-                gr.Info(f"The Playground steers saved concepts with their {Settings().method} vector.")
+            steered_with = default_settings(concept).method  # what library.get built above
+            if method != steered_with:
+                gr.Info(f"The Playground steers saved concepts with their {steered_with} vector.")
             use_chat = bool(self.holder.lab.lm.is_chat)
             rows = playground.choice_updates(selected=concept.name, clear_others=True)
             strengths = [vector.recommended_strength] + [0.0] * (len(playground.strengths) - 1)
