@@ -65,3 +65,94 @@ def test_quality_names_an_unknown_concept(sandbox, capsys):
     args = ["quality", "--model", MODEL_ID, "--heldout", str(sandbox / "heldout"), "--only", "volcano"]
     assert main(args) == 1
     assert "no held-out concept named volcano" in capsys.readouterr().err
+
+
+def test_prompted_adds_the_told_reply_and_changes_no_other(sandbox, capsys):
+    """--prompted: a third row per question, asked under the description's system prompt and judged
+    like the steered one; the baseline and steered replies are those of a run without it."""
+    from app.cli import main
+    from app.quality.run import REFERENCE_SYSTEM_PROMPT
+
+    args = ["quality", "--model", MODEL_ID, "--device", "cpu", "--heldout", str(sandbox / "heldout")]
+    args += ["--max-new-tokens", "8", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)["concepts"][0]
+    assert "prompted_moved" not in plain and all("prompted" not in p for p in plain["pairs"])
+
+    assert main([*args, "--prompted"]) == 0
+    told = json.loads(capsys.readouterr().out)["concepts"][0]
+    for before, after in zip(plain["pairs"], told["pairs"], strict=True):
+        assert (after["baseline"], after["steered"]) == (before["baseline"], before["steered"])
+        reply = after["prompted"]
+        assert reply["text"] and reply["perplexity"] > 0
+        assert reply["moved"] == (reply["score"] > after["baseline_score"])  # word list, margin 0
+        assert reply["degenerate"] == (reply["repetitive"] or reply["word_salad"])
+    assert told["prompted_moved"] == sum(p["prompted"]["moved"] for p in told["pairs"])
+    # The told reply is the model's own reply to the templated prompt, as `generate --no-chat` gives it.
+    from transformers import AutoTokenizer
+
+    from app.models.embedded import models_dir
+    from app.quality.run import reference_prompt
+
+    ocean = json.loads((sandbox / "heldout" / "concepts" / "ocean.json").read_text(encoding="utf-8"))
+    first = told["pairs"][0]
+    prompt = reference_prompt(
+        AutoTokenizer.from_pretrained(models_dir() / MODEL_ID), ocean["description"], first["question"]
+    )
+    assert (
+        main(
+            ["generate", prompt, "--model", MODEL_ID, "--device", "cpu", "--no-chat", "--max-new-tokens", "8", "--json"]
+        )
+        == 0
+    )
+    assert first["prompted"]["text"] == json.loads(capsys.readouterr().out)["steered"]  # no --steer: plain
+    assert told["prompted_degenerate"] == sum(p["prompted"]["degenerate"] for p in told["pairs"])
+    assert "{description}" in REFERENCE_SYSTEM_PROMPT
+
+    assert main([a for a in args if a != "--json"] + ["--prompted"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert "told" in header and row.count("/2") == 4
+
+
+def test_reference_prompt_puts_the_description_in_the_system_turn():
+    from transformers import AutoTokenizer
+
+    from app.models.embedded import models_dir
+    from app.quality.run import reference_prompt
+
+    require_model(MODEL_ID)
+    tokenizer = AutoTokenizer.from_pretrained(models_dir() / MODEL_ID)
+    text = reference_prompt(tokenizer, "  The ocean: waves and tides. ", "Describe your morning routine.")
+    system, user = (
+        text.index("You are The ocean: waves and tides. Always answer in character."),
+        text.index("Describe your morning routine."),
+    )
+    assert system < user
+    assert text.count("<|im_start|>system") == 1 and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_prompted_needs_a_chat_model(tmp_path):
+    from types import SimpleNamespace
+
+    from app.quality.run import run_quality
+
+    base_model = SimpleNamespace(lm=SimpleNamespace(is_chat=False, model_id="gemma-3-270m"))
+    with pytest.raises(ValueError, match="gemma-3-270m has no chat template"):
+        run_quality(base_model, tmp_path, prompted=True)  # before anything is read or built
+
+
+def test_rows_beyond_the_batch_limit_go_in_further_calls():
+    from types import SimpleNamespace
+
+    from app.quality.run import _generate_all
+
+    calls = []
+
+    def generate(rows):
+        calls.append(list(rows))
+        return [f"reply to {row}" for row in rows]
+
+    lab = SimpleNamespace(batcher=SimpleNamespace(max_rows=16), generate=generate)
+    rows = [f"row {i}" for i in range(24)]  # 8 questions x (baseline, steered, told)
+    assert _generate_all(lab, rows) == [f"reply to {row}" for row in rows]
+    assert [len(c) for c in calls] == [16, 8]

@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="judge only this concept")
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument(
+        "--prompted",
+        action="store_true",
+        help="also ask each question unsteered with the concept's description as the system prompt "
+        "(column 'told'): what telling the model reaches on the same scorer",
+    )
     parser.add_argument("--out", type=Path, help="write every reply and score here (one JSON per concept)")
     parser.add_argument("--json", action="store_true", help="print JSON (every reply and score)")
 
@@ -31,14 +37,16 @@ def main(args: argparse.Namespace) -> int:
 
     def report(result) -> None:  # progress on stderr; stdout stays clean for --json
         n = len(result.pairs)
+        told = "" if result.prompted_moved is None else f"; told: moved {result.prompted_moved}/{n}"
         print(
-            f"{result.concept}: moved {result.moved}/{n}, degenerate {result.degenerate}/{n} ({result.seconds:.0f} s)",
+            f"{result.concept}: moved {result.moved}/{n}, degenerate {result.degenerate}/{n}{told} "
+            f"({result.seconds:.0f} s)",
             file=sys.stderr,
         )
         if args.out:
             save_concept(result, args.out)
 
-    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report)
+    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted)
     if args.out:
         save(results, args.out, lab.lm.model_id)
     if args.json:

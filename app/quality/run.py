@@ -6,6 +6,10 @@ generate the held-out questions unsteered and steered exactly as ``python -m app
 batched call. Each pair is judged by the concept's own scorer (app/quality/scorers.py), and each
 steered reply is checked for degeneration: a loop (repeated 3-grams) or word salad (perplexity
 under the unsteered model far above the baseline reply's).
+
+With ``prompted``, each question is also asked unsteered with a system prompt made from the
+concept's description (:data:`REFERENCE_SYSTEM_PROMPT`), and judged the same way: what simply
+telling the model reaches on the same scorer, a reference for what the model can show at all.
 """
 
 from __future__ import annotations
@@ -17,16 +21,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from app.lab import Lab, SteerSpec
 from app.quality import HELDOUT, MAX_NEW_TOKENS
 from app.quality.scorers import Scorer, is_repetitive, load_scorers
 from app.steering import concepts as concept_store
-from app.steering.generation import GenerationRequest, encode_prompt
+from app.steering.chat import chat_prompt
+from app.steering.generation import GenerationRequest, GenerationResult, encode_prompt
 from app.storage import atomic_write_json
 
 SALAD_RATIO = 8.0  # steered perplexity over this many times the baseline's ...
 SALAD_FLOOR = 80.0  # ... and over this value: the unsteered model cannot read it as text (fluent
 # but unexpected on-topic replies measured 5-50 on SmolLM2)
+REFERENCE_SYSTEM_PROMPT = "You are {description} Always answer in character."  # chosen on tests/tuning
+
+
+@dataclass
+class PromptedReply:
+    """The unsteered reply to a question asked with the concept's description as the system prompt."""
+
+    text: str
+    score: float
+    moved: bool
+    perplexity: float  # under the unsteered model, after the plain question (as the steered reply's)
+    repetitive: bool
+    word_salad: bool
+
+    @property
+    def degenerate(self) -> bool:
+        return self.repetitive or self.word_salad
 
 
 @dataclass
@@ -41,6 +65,7 @@ class PairResult:
     steered_perplexity: float
     repetitive: bool
     word_salad: bool
+    prompted: PromptedReply | None = None
 
     @property
     def degenerate(self) -> bool:
@@ -65,13 +90,33 @@ class ConceptResult:
     def degenerate(self) -> int:
         return sum(p.degenerate for p in self.pairs)
 
+    @property
+    def prompted_moved(self) -> int | None:
+        """Replies the description's system prompt moved; None when it was not asked."""
+        replies = [p.prompted for p in self.pairs if p.prompted is not None]
+        return sum(r.moved for r in replies) if replies else None
+
+    @property
+    def prompted_degenerate(self) -> int | None:
+        replies = [p.prompted for p in self.pairs if p.prompted is not None]
+        return sum(r.degenerate for r in replies) if replies else None
+
     def to_json(self) -> dict:
+        def pair_json(pair: PairResult) -> dict:
+            out = {**asdict(pair), "degenerate": pair.degenerate}
+            if pair.prompted is None:
+                del out["prompted"]
+            else:
+                out["prompted"]["degenerate"] = pair.prompted.degenerate
+            return out
+
+        counts: dict[str, int | None] = {"moved": self.moved, "degenerate": self.degenerate, "n": len(self.pairs)}
+        if self.prompted_moved is not None:
+            counts |= {"prompted_moved": self.prompted_moved, "prompted_degenerate": self.prompted_degenerate}
         return {
             **{k: v for k, v in asdict(self).items() if k != "pairs"},
-            "moved": self.moved,
-            "degenerate": self.degenerate,
-            "n": len(self.pairs),
-            "pairs": [{**asdict(p), "degenerate": p.degenerate} for p in self.pairs],
+            **counts,
+            "pairs": [pair_json(p) for p in self.pairs],
         }
 
 
@@ -91,21 +136,47 @@ def load_questions(path: Path) -> list[str]:
     return data
 
 
+def reference_prompt(tokenizer: PreTrainedTokenizerBase, description: str, question: str) -> str:
+    """``question`` in the model's chat template, after a system prompt made from ``description``."""
+    system = REFERENCE_SYSTEM_PROMPT.format(description=description.strip())
+    return chat_prompt(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": question}])
+
+
 def judge_concept(
-    lab: Lab, concept_file: Path, scorer: Scorer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS
+    lab: Lab,
+    concept_file: Path,
+    scorer: Scorer,
+    questions: Sequence[str],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    prompted: bool = False,
 ) -> ConceptResult:
-    """Baseline vs steered replies to every question, in one batched call, judged by ``scorer``."""
+    """Baseline vs steered replies to every question, batched, judged by ``scorer``.
+
+    ``prompted`` adds, per question, the unsteered reply under the description's system prompt
+    (not for a concept without a description). Every row's reply is independent of the others in
+    its batch, so the baseline and steered replies are the same with or without it.
+    """
     from app.analysis.metrics import perplexity_from_ids
 
     started = time.perf_counter()
     concept = concept_store.load_concept_file(concept_file)
     steer = lab.make_steer(SteerSpec(source=str(concept_file)))  # the CLI's defaults: recommended layers, strength
+    tokenizer, is_chat = lab.lm.tokenizer, lab.lm.is_chat
+    with_prompt = prompted and bool(concept.description)
     requests = []
     for question in questions:
         requests += lab.compare_requests(GenerationRequest(prompt=question, max_new_tokens=max_new_tokens), [steer])
-    results = lab.generate(requests)
-    tokenizer, is_chat = lab.lm.tokenizer, lab.lm.is_chat
-    prompts = [encode_prompt(tokenizer, r.prompt, r.chat, is_chat) for r in requests]
+    if with_prompt:  # after all the pairs: row 2n + i is question i's told reply
+        requests += [
+            GenerationRequest(
+                prompt=reference_prompt(tokenizer, concept.description, q), chat=False, max_new_tokens=max_new_tokens
+            )
+            for q in questions
+        ]
+    results = _generate_all(lab, requests)
+    # Every reply is read after the plain question, the told one included: one yardstick.
+    plain_prompts = [encode_prompt(tokenizer, q, True, is_chat) for q in questions]
+    prompts = [plain_prompts[i // 2] for i in range(2 * len(questions))] + (plain_prompts if with_prompt else [])
     with lab.engine.lock:  # no one else's hooks while the unsteered model reads
         perplexities = perplexity_from_ids(
             lab.engine.model, [p + r.token_ids for p, r in zip(prompts, results)], [len(p) for p in prompts]
@@ -121,6 +192,18 @@ def judge_concept(
     for i, question in enumerate(questions):
         base, steered = results[2 * i].text, results[2 * i + 1].text
         ppl_base, ppl_steered = perplexities[2 * i], perplexities[2 * i + 1]
+        told = None
+        if with_prompt:
+            row = 2 * len(questions) + i
+            text, ppl = results[row].text, perplexities[row]
+            told = PromptedReply(
+                text=text,
+                score=scorer.score(text),
+                moved=scorer.moved(base, text),
+                perplexity=round(ppl, 3),
+                repetitive=is_repetitive(text),
+                word_salad=is_word_salad(ppl_base, ppl),
+            )
         out.pairs.append(
             PairResult(
                 question=question,
@@ -133,10 +216,20 @@ def judge_concept(
                 steered_perplexity=round(ppl_steered, 3),
                 repetitive=is_repetitive(steered),
                 word_salad=is_word_salad(ppl_base, ppl_steered),
+                prompted=told,
             )
         )
     out.seconds = round(time.perf_counter() - started, 1)
     return out
+
+
+def _generate_all(lab: Lab, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    """Every row, in as few calls as the batcher's row limit allows (a row's reply does not
+    depend on the others in its batch)."""
+    step = lab.batcher.max_rows
+    return [
+        result for start in range(0, len(requests), step) for result in lab.generate(requests[start : start + step])
+    ]
 
 
 def run_quality(
@@ -145,8 +238,11 @@ def run_quality(
     only: Sequence[str] = (),
     max_new_tokens: int = MAX_NEW_TOKENS,
     report: Callable[[ConceptResult], None] | None = None,
+    prompted: bool = False,
 ) -> list[ConceptResult]:
     """Judge every concept in ``heldout/concepts`` (or those named in ``only``)."""
+    if prompted and not lab.lm.is_chat:
+        raise ValueError(f"{lab.lm.model_id} has no chat template, so it has no system prompt to compare with")
     scorers = load_scorers(heldout / "scorers.json")
     questions = load_questions(heldout / "questions.json")
     files = {path.stem: path for path in sorted((heldout / "concepts").glob("*.json"))}
@@ -160,7 +256,7 @@ def run_quality(
     for name, path in files.items():
         if only and name not in only:
             continue
-        result = judge_concept(lab, path, scorers[name], questions, max_new_tokens)
+        result = judge_concept(lab, path, scorers[name], questions, max_new_tokens, prompted)
         if report is not None:
             report(result)
         results.append(result)
@@ -168,14 +264,24 @@ def run_quality(
 
 
 def table(results: Sequence[ConceptResult]) -> str:
-    """One line per concept: how many replies moved, how many degenerated, at which setting."""
-    lines = [f"{'concept':<14} {'category':<9} {'moved':>6} {'degen':>6} {'strength':>8}  layers  scorer"]
+    """One line per concept: how many replies moved, how many degenerated, at which setting; with
+    the description's system prompt, how many of its replies moved and degenerated ("told")."""
+    told = any(r.prompted_moved is not None for r in results)
+    head = f"{'concept':<14} {'category':<9} {'moved':>6} {'degen':>6} {'strength':>8}  layers  "
+    lines = [head + (f"{'told':>6} {'degen':>6}  " if told else "") + "scorer"]
     for r in results:
         n = len(r.pairs)
-        lines.append(
+        line = (
             f"{r.concept:<14} {r.category:<9} {r.moved:>4}/{n} {r.degenerate:>4}/{n} {r.strength:>8.2f}  "
-            f"{','.join(map(str, r.layers)):<6}  {r.scorer}"
+            f"{','.join(map(str, r.layers)):<6}  "
         )
+        if told:
+            line += (
+                f"{r.prompted_moved:>4}/{n} {r.prompted_degenerate:>4}/{n}  "
+                if r.prompted_moved is not None
+                else f"{'-':>6} {'-':>6}  "
+            )
+        lines.append(line + r.scorer)
     return "\n".join(lines)
 
 
