@@ -2,8 +2,8 @@
 
 For every concept: build its vector as the library does (recommended layers and strength), then
 generate the held-out questions unsteered and steered exactly as ``python -m app generate
---compare`` does by default (chat form, greedy, 48 new tokens), all rows of the concept in one
-batched call. Each pair is judged by the concept's own scorer (app/quality/scorers.py), and each
+--compare`` does by default (chat form, greedy, 48 new tokens), batched (as many rows a call as the
+batcher takes: 16, the 8 pairs of the held-out set). Each pair is judged by the concept's own scorer (app/quality/scorers.py), and each
 steered reply is checked for degeneration: a loop (repeated 3-grams) or word salad (perplexity
 under the unsteered model far above the baseline reply's).
 
