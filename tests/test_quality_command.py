@@ -156,3 +156,23 @@ def test_rows_beyond_the_batch_limit_go_in_further_calls():
     rows = [f"row {i}" for i in range(24)]  # 8 questions x (baseline, steered, told)
     assert _generate_all(lab, rows) == [f"reply to {row}" for row in rows]
     assert [len(c) for c in calls] == [16, 8]
+
+
+def test_table_marks_a_concept_that_was_not_told():
+    """A concept without a description gets no told rows: '-' in the told columns, not 0/n."""
+    from app.quality.run import ConceptResult, PairResult, PromptedReply, table
+
+    def pair(told: PromptedReply | None) -> PairResult:
+        return PairResult("Q?", "base", "steered", 0.0, 1.0, True, 2.0, 3.0, False, False, told)
+
+    told = PromptedReply("told", 1.0, True, 4.0, True, False)
+    results = [
+        ConceptResult("ocean", "topic", "words", 8.0, [15], 1.0, [pair(told), pair(told)]),
+        ConceptResult("mine", "topic", "words", 4.0, [10], 1.0, [pair(None), pair(None)]),
+    ]
+    header, ocean, mine = table(results).splitlines()
+    assert "told" in header
+    assert ocean.split()[2:4] == ["2/2", "0/2"] and ocean.split()[6:8] == ["2/2", "2/2"]
+    assert mine.split()[6:8] == ["-", "-"]
+    assert results[1].prompted_moved is None and "prompted_moved" not in results[1].to_json()
+    assert "told" not in table(results[1:]).splitlines()[0]
