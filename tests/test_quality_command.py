@@ -67,11 +67,21 @@ def test_quality_names_an_unknown_concept(sandbox, capsys):
     assert "no held-out concept named volcano" in capsys.readouterr().err
 
 
-def test_prompted_adds_the_told_reply_and_changes_no_other(sandbox, capsys):
+@pytest.fixture
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from app.models.embedded import models_dir
+
+    require_model(MODEL_ID)
+    return AutoTokenizer.from_pretrained(models_dir() / MODEL_ID)
+
+
+def test_prompted_adds_the_told_reply_and_changes_no_other(sandbox, tokenizer, capsys):
     """--prompted: a third row per question, asked under the description's system prompt and judged
     like the steered one; the baseline and steered replies are those of a run without it."""
     from app.cli import main
-    from app.quality.run import REFERENCE_SYSTEM_PROMPT
+    from app.quality.run import reference_prompt
 
     args = ["quality", "--model", MODEL_ID, "--device", "cpu", "--heldout", str(sandbox / "heldout")]
     args += ["--max-new-tokens", "8", "--json"]
@@ -88,46 +98,27 @@ def test_prompted_adds_the_told_reply_and_changes_no_other(sandbox, capsys):
         assert reply["moved"] == (reply["score"] > after["baseline_score"])  # word list, margin 0
         assert reply["degenerate"] == (reply["repetitive"] or reply["word_salad"])
     assert told["prompted_moved"] == sum(p["prompted"]["moved"] for p in told["pairs"])
+    assert told["prompted_degenerate"] == sum(p["prompted"]["degenerate"] for p in told["pairs"])
+
     # The told reply is the model's own reply to the templated prompt, as `generate --no-chat` gives it.
-    from transformers import AutoTokenizer
-
-    from app.models.embedded import models_dir
-    from app.quality.run import reference_prompt
-
     ocean = json.loads((sandbox / "heldout" / "concepts" / "ocean.json").read_text(encoding="utf-8"))
     first = told["pairs"][0]
-    prompt = reference_prompt(
-        AutoTokenizer.from_pretrained(models_dir() / MODEL_ID), ocean["description"], first["question"]
-    )
-    assert (
-        main(
-            ["generate", prompt, "--model", MODEL_ID, "--device", "cpu", "--no-chat", "--max-new-tokens", "8", "--json"]
-        )
-        == 0
-    )
+    prompt = reference_prompt(tokenizer, ocean["description"], first["question"])
+    generate = ["generate", prompt, "--model", MODEL_ID, "--device", "cpu", "--no-chat", "--max-new-tokens", "8"]
+    assert main([*generate, "--json"]) == 0
     assert first["prompted"]["text"] == json.loads(capsys.readouterr().out)["steered"]  # no --steer: plain
-    assert told["prompted_degenerate"] == sum(p["prompted"]["degenerate"] for p in told["pairs"])
-    assert "{description}" in REFERENCE_SYSTEM_PROMPT
 
     assert main([a for a in args if a != "--json"] + ["--prompted"]) == 0
     header, row = capsys.readouterr().out.splitlines()[1:3]
     assert "told" in header and row.count("/2") == 4
 
 
-def test_reference_prompt_puts_the_description_in_the_system_turn():
-    from transformers import AutoTokenizer
-
-    from app.models.embedded import models_dir
+def test_reference_prompt_puts_the_description_in_the_system_turn(tokenizer):
     from app.quality.run import reference_prompt
 
-    require_model(MODEL_ID)
-    tokenizer = AutoTokenizer.from_pretrained(models_dir() / MODEL_ID)
     text = reference_prompt(tokenizer, "  The ocean: waves and tides. ", "Describe your morning routine.")
-    system, user = (
-        text.index("You are The ocean: waves and tides. Always answer in character."),
-        text.index("Describe your morning routine."),
-    )
-    assert system < user
+    system = text.index("You are The ocean: waves and tides. Always answer in character.")
+    assert system < text.index("Describe your morning routine.")
     assert text.count("<|im_start|>system") == 1 and text.rstrip().endswith("<|im_start|>assistant")
 
 

@@ -93,13 +93,16 @@ class ConceptResult:
     @property
     def prompted_moved(self) -> int | None:
         """Replies the description's system prompt moved; None when it was not asked."""
-        replies = [p.prompted for p in self.pairs if p.prompted is not None]
+        replies = self._prompted_replies()
         return sum(r.moved for r in replies) if replies else None
 
     @property
     def prompted_degenerate(self) -> int | None:
-        replies = [p.prompted for p in self.pairs if p.prompted is not None]
+        replies = self._prompted_replies()
         return sum(r.degenerate for r in replies) if replies else None
+
+    def _prompted_replies(self) -> list[PromptedReply]:
+        return [p.prompted for p in self.pairs if p.prompted is not None]
 
     def to_json(self) -> dict:
         def pair_json(pair: PairResult) -> dict:
@@ -176,7 +179,7 @@ def judge_concept(
     results = _generate_all(lab, requests)
     # Every reply is read after the plain question, the told one included: one yardstick.
     plain_prompts = [encode_prompt(tokenizer, q, True, is_chat) for q in questions]
-    prompts = [plain_prompts[i // 2] for i in range(2 * len(questions))] + (plain_prompts if with_prompt else [])
+    prompts = [p for p in plain_prompts for _ in ("baseline", "steered")] + (plain_prompts if with_prompt else [])
     with lab.engine.lock:  # no one else's hooks while the unsteered model reads
         perplexities = perplexity_from_ids(
             lab.engine.model, [p + r.token_ids for p, r in zip(prompts, results)], [len(p) for p in prompts]
