@@ -58,6 +58,21 @@ def test_quality_json_table_and_out(sandbox, capsys):
     out = capsys.readouterr().out
     assert f"model: {MODEL_ID}" in out and "ocean" in out and "/2" in out
 
+    asked = sandbox / "asked.json"
+    asked.write_text(json.dumps(["Describe the view from your window."]))
+    assert main([*args, "--questions", str(asked), "--json"]) == 0
+    [ocean] = json.loads(capsys.readouterr().out)["concepts"]
+    assert ocean["n"] == 1 and [p["question"] for p in ocean["pairs"]] == ["Describe the view from your window."]
+
+
+def test_quality_refuses_a_bad_questions_file_before_loading(tmp_path, capsys):
+    from app.cli import main
+
+    bad = tmp_path / "questions.json"
+    bad.write_text(json.dumps({"not": "a list"}))
+    assert main(["quality", "--model", "no-such-model", "--questions", str(bad)]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{bad}: expected a non-empty list of questions")
+
 
 def test_quality_names_an_unknown_concept(sandbox, capsys):
     from app.cli import main

@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=HELDOUT,
         help="folder with concepts/*.json, scorers.json and questions.json (default: tests/heldout)",
     )
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        metavar="FILE",
+        help="a JSON list of questions to ask instead of the folder's questions.json "
+        "(e.g. tests/heldout/more_questions.json: 24 more, for a wider reading of each concept)",
+    )
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="judge only this concept")
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument(
@@ -31,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.quality.run import run_quality, save, save_concept, table
+    from app.quality.run import load_questions, run_quality, save, save_concept, table
 
+    if args.questions:
+        load_questions(args.questions)  # a bad file fails before the model loads
     lab = open_lab(args)
 
     def report(result) -> None:  # progress on stderr; stdout stays clean for --json
@@ -46,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
         if args.out:
             save_concept(result, args.out)
 
-    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted)
+    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted, args.questions)
     if args.out:
         save(results, args.out, lab.lm.model_id)
     if args.json:

@@ -242,12 +242,14 @@ def run_quality(
     max_new_tokens: int = MAX_NEW_TOKENS,
     report: Callable[[ConceptResult], None] | None = None,
     prompted: bool = False,
+    questions_file: Path | None = None,
 ) -> list[ConceptResult]:
-    """Judge every concept in ``heldout/concepts`` (or those named in ``only``)."""
+    """Judge every concept in ``heldout/concepts`` (or those named in ``only``) on the set's questions,
+    or on those in ``questions_file``."""
     if prompted and not lab.lm.is_chat:
         raise ValueError(f"{lab.lm.model_id} has no chat template, so it has no system prompt to compare with")
     scorers = load_scorers(heldout / "scorers.json")
-    questions = load_questions(heldout / "questions.json")
+    questions = load_questions(questions_file or heldout / "questions.json")
     files = {path.stem: path for path in sorted((heldout / "concepts").glob("*.json"))}
     unknown = sorted(set(only) - set(files))
     if unknown:
