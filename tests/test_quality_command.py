@@ -182,3 +182,14 @@ def test_table_marks_a_concept_that_was_not_told():
     assert mine.split()[6:8] == ["-", "-"]
     assert results[1].prompted_moved is None and "prompted_moved" not in results[1].to_json()
     assert "told" not in table(results[1:]).splitlines()[0]
+
+
+def test_table_columns_stay_under_their_headers_for_any_number_of_questions():
+    from app.quality.run import ConceptResult, PairResult, PromptedReply, table
+
+    told = PromptedReply("told", 1.0, True, 4.0, False, False)
+    pair = PairResult("Q?", "base", "steered", 0.0, 1.0, True, 2.0, 3.0, False, False, told)
+    for n in (8, 24, 99):
+        header, row = table([ConceptResult("ocean", "topic", "words", 8.0, [15], 1.0, [pair] * n)]).splitlines()
+        for name, value in (("moved", f"{n}/{n}"), ("told", f"{n}/{n}")):
+            assert row.index(value, header.index(name) - 2) + len(value) == header.index(name) + len(name)

@@ -268,24 +268,26 @@ def run_quality(
     return results
 
 
+def _count(k: int | None, n: int) -> str:
+    """``k/n`` right-aligned in a 6-wide column (``-`` when not counted), for any n below 100."""
+    return f"{'-' if k is None else f'{k}/{n}':>6}"
+
+
 def table(results: Sequence[ConceptResult]) -> str:
     """One line per concept: how many replies moved, how many degenerated, at which setting; with
     the description's system prompt, how many of its replies moved and degenerated ("told")."""
     told = any(r.prompted_moved is not None for r in results)
     head = f"{'concept':<14} {'category':<9} {'moved':>6} {'degen':>6} {'strength':>8}  layers  "
     lines = [head + (f"{'told':>6} {'degen':>6}  " if told else "") + "scorer"]
+
     for r in results:
         n = len(r.pairs)
         line = (
-            f"{r.concept:<14} {r.category:<9} {r.moved:>4}/{n} {r.degenerate:>4}/{n} {r.strength:>8.2f}  "
+            f"{r.concept:<14} {r.category:<9} {_count(r.moved, n)} {_count(r.degenerate, n)} {r.strength:>8.2f}  "
             f"{','.join(map(str, r.layers)):<6}  "
         )
         if told:
-            line += (
-                f"{r.prompted_moved:>4}/{n} {r.prompted_degenerate:>4}/{n}  "
-                if r.prompted_moved is not None
-                else f"{'-':>6} {'-':>6}  "
-            )
+            line += f"{_count(r.prompted_moved, n)} {_count(r.prompted_degenerate, n)}  "
         lines.append(line + r.scorer)
     return "\n".join(lines)
 
