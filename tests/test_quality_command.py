@@ -193,3 +193,33 @@ def test_table_columns_stay_under_their_headers_for_any_number_of_questions():
         header, row = table([ConceptResult("ocean", "topic", "words", 8.0, [15], 1.0, [pair] * n)]).splitlines()
         for name, value in (("moved", f"{n}/{n}"), ("told", f"{n}/{n}")):
             assert row.index(value, header.index(name) - 2) + len(value) == header.index(name) + len(name)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 8), (3, 8), (6, 8), (8, 8), (0, 24), (15, 24), (24, 24), (1, 1)])
+def test_rate_interval_is_the_wilson_interval(k, n):
+    from scipy.stats import binomtest
+
+    from app.quality.run import rate_interval
+
+    expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert rate_interval(k, n) == pytest.approx((expected.low, expected.high), abs=1e-6)
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 0), (-1, 8), (9, 8)])
+def test_rate_interval_refuses_a_count_that_is_not_a_rate(k, n):
+    from app.quality.run import rate_interval
+
+    with pytest.raises(ValueError, match="a rate needs 0 <= k <= n"):
+        rate_interval(k, n)
+
+
+def test_table_and_json_give_the_moved_rate_with_its_interval():
+    from app.quality.run import ConceptResult, PairResult, table
+
+    def pair(moved: bool) -> PairResult:
+        return PairResult("Q?", "base", "steered", 0.0, 1.0, moved, 2.0, 3.0, False, False)
+
+    result = ConceptResult("ocean", "topic", "words", 8.0, [15], 1.0, [pair(True)] * 15 + [pair(False)] * 9)
+    header, row = table([result]).splitlines()
+    assert "moved rate, 95 %" in header and "0.62 (0.43-0.79)" in row
+    assert result.to_json()["moved_interval"] == [0.427, 0.788]

@@ -35,6 +35,20 @@ SALAD_RATIO = 8.0  # steered perplexity over this many times the baseline's ...
 SALAD_FLOOR = 80.0  # ... and over this value: the unsteered model cannot read it as text (fluent
 # but unexpected on-topic replies measured 5-50 on SmolLM2)
 REFERENCE_SYSTEM_PROMPT = "You are {description} Always answer in character."  # chosen on tests/tuning
+Z_95 = 1.959964  # the standard normal quantile of a two-sided 95 % interval
+
+
+def rate_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) of a rate seen as ``k`` in ``n``: where the rate
+    over questions like these may lie. Unlike k/n ± a normal half-width, it stays inside [0, 1] and
+    is not a single point at 0/n or n/n."""
+    if not 0 <= k <= n or n == 0:
+        raise ValueError(f"a rate needs 0 <= k <= n and n > 0, got {k}/{n}")
+    rate = k / n
+    shrink = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -113,7 +127,12 @@ class ConceptResult:
                 out["prompted"]["degenerate"] = pair.prompted.degenerate
             return out
 
-        counts: dict[str, int | None] = {"moved": self.moved, "degenerate": self.degenerate, "n": len(self.pairs)}
+        counts: dict[str, int | list[float] | None] = {
+            "moved": self.moved,
+            "moved_interval": [round(x, 3) for x in rate_interval(self.moved, len(self.pairs))],
+            "degenerate": self.degenerate,
+            "n": len(self.pairs),
+        }
         if self.prompted_moved is not None:
             counts |= {"prompted_moved": self.prompted_moved, "prompted_degenerate": self.prompted_degenerate}
         return {
@@ -275,10 +294,11 @@ def _count(k: int | None, n: int) -> str:
 
 def table(results: Sequence[ConceptResult]) -> str:
     """One line per concept: how many replies moved, how many degenerated, at which setting; with
-    the description's system prompt, how many of its replies moved and degenerated ("told")."""
+    the description's system prompt, how many of its replies moved and degenerated ("told"); the
+    steered replies' moved rate with its 95 % interval."""
     told = any(r.prompted_moved is not None for r in results)
     head = f"{'concept':<14} {'category':<9} {'moved':>6} {'degen':>6} {'strength':>8}  layers  "
-    lines = [head + (f"{'told':>6} {'degen':>6}  " if told else "") + "scorer"]
+    lines = [head + (f"{'told':>6} {'degen':>6}  " if told else "") + f"{'moved rate, 95 %':<17} scorer"]
 
     for r in results:
         n = len(r.pairs)
@@ -288,7 +308,8 @@ def table(results: Sequence[ConceptResult]) -> str:
         )
         if told:
             line += f"{_count(r.prompted_moved, n)} {_count(r.prompted_degenerate, n)}  "
-        lines.append(line + r.scorer)
+        lo, hi = rate_interval(r.moved, n)
+        lines.append(line + f"{f'{r.moved / n:.2f} ({lo:.2f}-{hi:.2f})':<17} " + r.scorer)
     return "\n".join(lines)
 
 
