@@ -40,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from app.quality.run import load_questions, run_quality, save, save_concept, table
 
-    if args.questions:
-        load_questions(args.questions)  # a bad file fails before the model loads
+    questions = load_questions(args.questions) if args.questions else None  # a bad file fails before the model loads
     lab = open_lab(args)
 
     def report(result) -> None:  # progress on stderr; stdout stays clean for --json
@@ -55,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         if args.out:
             save_concept(result, args.out)
 
-    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted, args.questions)
+    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted, questions)
     if args.out:
         save(results, args.out, lab.lm.model_id)
     if args.json:

@@ -261,14 +261,14 @@ def run_quality(
     max_new_tokens: int = MAX_NEW_TOKENS,
     report: Callable[[ConceptResult], None] | None = None,
     prompted: bool = False,
-    questions_file: Path | None = None,
+    questions: Sequence[str] | None = None,
 ) -> list[ConceptResult]:
     """Judge every concept in ``heldout/concepts`` (or those named in ``only``) on the set's questions,
-    or on those in ``questions_file``."""
+    or on ``questions`` when given."""
     if prompted and not lab.lm.is_chat:
         raise ValueError(f"{lab.lm.model_id} has no chat template, so it has no system prompt to compare with")
     scorers = load_scorers(heldout / "scorers.json")
-    questions = load_questions(questions_file or heldout / "questions.json")
+    questions = questions or load_questions(heldout / "questions.json")
     files = {path.stem: path for path in sorted((heldout / "concepts").glob("*.json"))}
     unknown = sorted(set(only) - set(files))
     if unknown:
@@ -299,7 +299,6 @@ def table(results: Sequence[ConceptResult]) -> str:
     told = any(r.prompted_moved is not None for r in results)
     head = f"{'concept':<14} {'category':<9} {'moved':>6} {'degen':>6} {'strength':>8}  layers  "
     lines = [head + (f"{'told':>6} {'degen':>6}  " if told else "") + f"{'moved rate, 95 %':<17} scorer"]
-
     for r in results:
         n = len(r.pairs)
         line = (
