@@ -40,7 +40,13 @@ def test_quality_json_table_and_out(sandbox, capsys):
     args = ["quality", "--model", MODEL_ID, "--device", "cpu", "--heldout", str(sandbox / "heldout")]
     args += ["--max-new-tokens", "6"]
     assert main([*args, "--json", "--out", str(sandbox / "out")]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if line.startswith("[")] == [
+        "[  0.0%] ocean: its vector (from the cache, or extraction and the strength sweep)",
+        "[ 10.0%] ocean: replies 1-4 of 4",
+        "[ 95.0%] ocean: perplexities",
+    ]
+    report = json.loads(captured.out)
     assert report["model"] == MODEL_ID
     [ocean] = report["concepts"]
     assert ocean["concept"] == "ocean" and ocean["n"] == 2 and len(ocean["pairs"]) == 2
@@ -223,3 +229,21 @@ def test_table_and_json_give_the_moved_rate_with_its_interval():
     header, row = table([result]).splitlines()
     assert "moved rate, 95 %" in header and "0.62 (0.43-0.79)" in row
     assert result.to_json()["moved_interval"] == [0.427, 0.788]
+
+
+def test_progress_spreads_each_concept_over_its_share_of_the_run(monkeypatch):
+    from types import SimpleNamespace
+
+    import app.quality.run as quality_run
+
+    def judge(lab, path, scorer, questions, max_new_tokens, prompted, progress):
+        progress(0.5, f"{path.stem} halfway")
+        return SimpleNamespace(concept=path.stem)
+
+    monkeypatch.setattr(quality_run, "judge_concept", judge)
+    heard: list[tuple[float, str]] = []
+    results = quality_run.run_quality(
+        SimpleNamespace(), HELDOUT, only=["cowboy", "anxious"], progress=lambda f, m: heard.append((f, m))
+    )
+    assert [r.concept for r in results] == ["anxious", "cowboy"]  # the folder's order
+    assert heard == [(0.25, "anxious halfway"), (0.75, "cowboy halfway")]

@@ -54,7 +54,10 @@ def main(args: argparse.Namespace) -> int:
         if args.out:
             save_concept(result, args.out)
 
-    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted, questions)
+    def progress(fraction: float, message: str) -> None:  # whole lines: the result lines come between
+        print(f"[{fraction:6.1%}] {message}", file=sys.stderr, flush=True)
+
+    results = run_quality(lab, args.heldout, args.only, args.max_new_tokens, report, args.prompted, questions, progress)
     if args.out:
         save(results, args.out, lab.lm.model_id)
     if args.json:

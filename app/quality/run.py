@@ -24,6 +24,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from app.lab import Lab, SteerSpec
+from app.progress import Progress
 from app.quality import HELDOUT, MAX_NEW_TOKENS
 from app.quality.scorers import Scorer, is_repetitive, load_scorers
 from app.steering import concepts as concept_store
@@ -171,6 +172,7 @@ def judge_concept(
     questions: Sequence[str],
     max_new_tokens: int = MAX_NEW_TOKENS,
     prompted: bool = False,
+    progress: Progress | None = None,
 ) -> ConceptResult:
     """Baseline vs steered replies to every question, batched, judged by ``scorer``.
 
@@ -180,8 +182,13 @@ def judge_concept(
     """
     from app.analysis.metrics import perplexity_from_ids
 
+    def say(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, f"{concept.name}: {message}")
+
     started = time.perf_counter()
     concept = concept_store.load_concept_file(concept_file)
+    say(0.0, "its vector (from the cache, or extraction and the strength sweep)")
     steer = lab.make_steer(SteerSpec(source=str(concept_file)))  # the CLI's defaults: recommended layers, strength
     tokenizer, is_chat = lab.lm.tokenizer, lab.lm.is_chat
     with_prompt = prompted and bool(concept.description)
@@ -195,7 +202,8 @@ def judge_concept(
             )
             for q in questions
         ]
-    results = _generate_all(lab, requests)
+    results = _generate_all(lab, requests, say)
+    say(0.95, "perplexities")
     # Every reply is read after the plain question, the told one included: one yardstick.
     plain_prompts = [encode_prompt(tokenizer, q, True, is_chat) for q in questions]
     prompts = [p for p in plain_prompts for _ in ("baseline", "steered")] + (plain_prompts if with_prompt else [])
@@ -245,13 +253,18 @@ def judge_concept(
     return out
 
 
-def _generate_all(lab: Lab, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+def _generate_all(
+    lab: Lab, requests: Sequence[GenerationRequest], say: Progress | None = None
+) -> list[GenerationResult]:
     """Every row, in as few calls as the batcher's row limit allows (a row's reply does not
-    depend on the others in its batch)."""
-    step = lab.batcher.max_rows
-    return [
-        result for start in range(0, len(requests), step) for result in lab.generate(requests[start : start + step])
-    ]
+    depend on the others in its batch); ``say`` hears of each call before it starts."""
+    step, results = lab.batcher.max_rows, []
+    for start in range(0, len(requests), step):
+        end = min(start + step, len(requests))
+        if say is not None:
+            say(0.1 + 0.85 * start / len(requests), f"replies {start + 1}-{end} of {len(requests)}")
+        results += lab.generate(requests[start:end])
+    return results
 
 
 def run_quality(
@@ -262,9 +275,10 @@ def run_quality(
     report: Callable[[ConceptResult], None] | None = None,
     prompted: bool = False,
     questions: Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> list[ConceptResult]:
     """Judge every concept in ``heldout/concepts`` (or those named in ``only``) on the set's questions,
-    or on ``questions`` when given."""
+    or on ``questions`` when given; ``progress`` hears of each step (a concept takes minutes on a CPU)."""
     if prompted and not lab.lm.is_chat:
         raise ValueError(f"{lab.lm.model_id} has no chat template, so it has no system prompt to compare with")
     scorers = load_scorers(heldout / "scorers.json")
@@ -276,11 +290,15 @@ def run_quality(
     missing = sorted(set(files) - set(scorers))
     if missing:
         raise ValueError(f"{heldout / 'scorers.json'} has no scorer for {', '.join(missing)}")
+    chosen = [name for name in files if not only or name in only]
     results = []
-    for name, path in files.items():
-        if only and name not in only:
-            continue
-        result = judge_concept(lab, path, scorers[name], questions, max_new_tokens, prompted)
+    for index, name in enumerate(chosen):
+
+        def step(fraction: float, message: str, index: int = index) -> None:  # within one concept -> overall
+            if progress is not None:
+                progress((index + fraction) / len(chosen), message)
+
+        result = judge_concept(lab, files[name], scorers[name], questions, max_new_tokens, prompted, step)
         if report is not None:
             report(result)
         results.append(result)
