@@ -182,12 +182,13 @@ def judge_concept(
     """
     from app.analysis.metrics import perplexity_from_ids
 
+    started = time.perf_counter()
+    concept = concept_store.load_concept_file(concept_file)
+
     def say(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, f"{concept.name}: {message}")
 
-    started = time.perf_counter()
-    concept = concept_store.load_concept_file(concept_file)
     say(0.0, "its vector (from the cache, or extraction and the strength sweep)")
     steer = lab.make_steer(SteerSpec(source=str(concept_file)))  # the CLI's defaults: recommended layers, strength
     tokenizer, is_chat = lab.lm.tokenizer, lab.lm.is_chat
