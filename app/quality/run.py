@@ -1,11 +1,12 @@
 """``python -m app quality``: does steering with the default settings show each held-out concept?
 
 For every concept: build its vector as the library does (recommended layers and strength), then
-generate the held-out questions unsteered and steered exactly as ``python -m app generate
---compare`` does by default (chat form, greedy, 48 new tokens), batched (as many rows a call as the
-batcher takes: 16, the 8 pairs of the held-out set). Each pair is judged by the concept's own scorer (app/quality/scorers.py), and each
-steered reply is checked for degeneration: a loop (repeated 3-grams) or word salad (perplexity
-under the unsteered model far above the baseline reply's).
+generate the held-out questions (or another list) unsteered and steered exactly as ``python -m app
+generate --compare`` does by default (chat form, greedy, 48 new tokens), batched (as many rows a
+call as the batcher takes: 16, the 8 pairs of the held-out set). Each pair is judged by the
+concept's own scorer (app/quality/scorers.py), and each steered reply is checked for degeneration:
+a loop (repeated 3-grams) or word salad (perplexity under the unsteered model far above the
+baseline reply's). Each concept's moved rate comes with its 95 % (Wilson) interval.
 
 With ``prompted``, each question is also asked unsteered with a system prompt made from the
 concept's description (:data:`REFERENCE_SYSTEM_PROMPT`), and judged the same way: what simply
